@@ -1,0 +1,189 @@
+"""The ``covidct-bench`` command line: parse, call one library function, print with rich."""
+
+from __future__ import annotations
+
+import functools
+import json
+from pathlib import Path
+from typing import Callable, Optional
+
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+from rich.table import Table
+
+from covidct_bench import __version__
+from covidct_bench.errors import BenchError
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+class App(typer.Typer):
+    """A Typer whose commands turn BenchError / config errors into one line and exit status 1."""
+
+    def command(self, *args, **kwargs) -> Callable:
+        register = super().command(*args, **kwargs)
+
+        def deco(fn: Callable) -> Callable:
+            @functools.wraps(fn)
+            def run(*a, **kw):
+                try:
+                    return fn(*a, **kw)
+                except BenchError as e:
+                    err_console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+                    raise typer.Exit(1) from None
+                except ValidationError as e:
+                    first = e.errors()[0]
+                    key = ".".join(str(x) for x in first["loc"]) or "value"
+                    err_console.print(f"[bold red]error:[/] {key}: {first['msg']}", highlight=False, soft_wrap=True)
+                    raise typer.Exit(1) from None
+                except KeyboardInterrupt:
+                    err_console.print("[yellow]interrupted[/]; nothing half-written was kept")
+                    raise typer.Exit(130) from None
+
+            return register(run)
+
+        return deco
+
+
+app = App(name="covidct-bench", help="COVID-CT as a reproducible, distributed benchmark (COVID = positive class).",
+          no_args_is_help=True, rich_markup_mode="rich")
+data_app = App(help="Datasets: fetch, synthesise, audit, cache.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+RootOpt = typer.Option(None, "--root", help="Datasets folder (default: $COVIDCT_BENCH_ROOT or ./datasets).")
+
+
+@app.callback(invoke_without_command=True)
+def _main(version: bool = typer.Option(False, "--version", help="Print the version and exit.")) -> None:
+    if version:
+        console.print(f"covidct-bench {__version__}")
+        raise typer.Exit()
+
+
+def _progress():
+    from covidct_bench.data.fetch import make_progress
+
+    return make_progress(console=err_console, transient=False)
+
+
+@data_app.command("list")
+def data_list() -> None:
+    """List the registered datasets."""
+    from covidct_bench.data import DATASETS
+
+    table = Table("name", "source", "description")
+    for name in DATASETS:
+        ds = DATASETS.get(name)
+        where = "generated locally" if name == "synthetic" else (ds.default_source or "--source DIR")
+        table.add_row(name, where, ds.description)
+    console.print(table)
+
+
+@data_app.command("fetch")
+def data_fetch(
+    name: str = typer.Argument(..., help="Dataset name (see `data list`)."),
+    source: Optional[str] = typer.Option(None, "--source", help="URL (https://, file://) or folder in the upstream layout."),
+    root: Optional[Path] = RootOpt,
+    force: bool = typer.Option(False, "--force", help="Fetch again even if a verified copy is there."),
+) -> None:
+    """Download (or copy), verify and build the manifest of a dataset. A second fetch is a verified no-op."""
+    from covidct_bench.data import get_dataset
+
+    ds = get_dataset(name)
+    with _progress() as progress:
+        res = ds.fetch(root=root, source=source, force=force, progress=progress)
+    verb = "already there, verified" if res.reused else "fetched and verified"
+    console.print(f"[green]{name}[/]: {res.images} images {verb} in {res.path} (manifest: {res.path / 'manifest.parquet'})")
+
+
+@data_app.command("synth")
+def data_synth(
+    out: Optional[Path] = typer.Option(None, "--out", help="Output folder (default: <root>/synthetic)."),
+    n: int = typer.Option(120, "--n", help="Number of images."),
+    seed: int = typer.Option(0, "--seed"),
+    size: int = typer.Option(256, "--size", help="Slice size in pixels."),
+    slices_per_patient: int = typer.Option(4, "--slices-per-patient"),
+    style: str = typer.Option("clean", "--style", help="clean, or paper (JPEG, downscale, margins, arrows, letters)."),
+    root: Optional[Path] = RootOpt,
+    force: bool = typer.Option(False, "--force"),
+) -> None:
+    """Generate synthetic chest-CT phantoms with lung and lesion masks (deterministic for a seed)."""
+    from covidct_bench.data import get_dataset
+
+    with _progress() as progress:
+        res = get_dataset("synthetic").fetch(root=root, out=out, force=force, progress=progress, n=n, seed=seed,
+                                             size=size, slices_per_patient=slices_per_patient, style=style)
+    verb = "already there, verified" if res.reused else "generated"
+    console.print(f"[green]synthetic[/]: {res.images} images {verb} in {res.path}")
+
+
+def _print_audit(a: dict) -> None:
+    t = Table(title=f"{a['dataset']}: {a['images']} images (positive class: {a['positive_class']})")
+    for col in ("split", "covid", "non_covid", "patients"):
+        t.add_column(col, justify="right" if col != "split" else "left")
+    for split, c in a["counts"].items():
+        t.add_row(split, str(c["covid"]), str(c["non_covid"]), str(a["patients"][split]))
+    console.print(t)
+    near = a["near_duplicates"]
+    checks = Table("check", "within splits", "across splits", "note", title="leakage and duplicates")
+    checks.add_row("patients in more than one split", "", str(a["patient_leakage"]), ", ".join(a["leaked_patients"][:5]))
+    checks.add_row("exact duplicates (sha256, pairs)", str(a["exact_duplicates_within_splits"]),
+                   str(a["exact_duplicates_across_splits"]), f"label conflicts: {a['exact_duplicates']['label_conflicts']}")
+    checks.add_row(f"near duplicates (pHash <= {near['threshold']} bits, pairs)", str(near["within_splits"]),
+                   str(near["across_splits"]), f"label conflicts: {near['label_conflicts']}")
+    console.print(checks)
+    for ex in near["examples_across_splits"][:10]:
+        console.print(f"  near-duplicate across splits: {ex['a']} ({ex['splits'][0]}, label {ex['labels'][0]}) ~ "
+                      f"{ex['b']} ({ex['splits'][1]}, label {ex['labels'][1]}), distance {ex['distance']}", highlight=False)
+    sizes = Table("class", "width min/median/max", "height min/median/max", title="image sizes")
+    for cls, s in a["sizes"].items():
+        sizes.add_row(cls, "{min}/{median:g}/{max}".format(**s["width"]), "{min}/{median:g}/{max}".format(**s["height"]))
+    console.print(sizes)
+    console.print(f"formats: {a['formats']}  modes: {a['modes']}  extension/content mismatches: {a['extension_mismatch']}")
+    console.print(f"available: {a['available']}")
+
+
+@data_app.command("audit")
+def data_audit(
+    name: str = typer.Argument(..., help="Dataset name, or a folder holding manifest.parquet."),
+    root: Optional[Path] = RootOpt,
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of tables."),
+    threshold: int = typer.Option(4, "--near-threshold", min=0, max=32, help="pHash Hamming distance for near-duplicates."),
+) -> None:
+    """Counts per split and class, patient leakage, exact / near duplicates, image sizes."""
+    from covidct_bench.data import load_manifest
+    from covidct_bench.data.audit import audit_manifest
+
+    result = audit_manifest(load_manifest(name, root), near_threshold=threshold)
+    if as_json:
+        typer.echo(json.dumps(result))
+    else:
+        _print_audit(result)
+
+
+@data_app.command("cache")
+def data_cache(
+    name: str = typer.Argument(..., help="Dataset name, or a folder holding manifest.parquet."),
+    root: Optional[Path] = RootOpt,
+    size: int = typer.Option(480, "--size", help="Cached image size (square)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Cache folder (default: <dataset>/cache/<size>)."),
+    address: Optional[str] = typer.Option(None, "--address", help="Ray cluster address (default: local / $RAY_ADDRESS)."),
+) -> None:
+    """Decode and resize every image once with a Ray Data job, for fast epochs."""
+    from covidct_bench.data import load_manifest
+    from covidct_bench.data.cache import build_cache
+
+    df = load_manifest(name, root)
+    with _progress() as progress:
+        cache = build_cache(df, size=size, out=out, address=address, progress=progress)
+    console.print(f"[green]cache[/]: {len(cache)} images at {size}x{size} in {cache.path}")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()
