@@ -111,10 +111,11 @@ def data_synth(
 ) -> None:
     """Generate synthetic chest-CT phantoms with lung and lesion masks (deterministic for a seed)."""
     from covidct_bench.data import get_dataset
+    from covidct_bench.data.synthetic import SynthConfig
 
+    cfg = SynthConfig(n=n, seed=seed, size=size, slices_per_patient=slices_per_patient, style=style)  # validate first
     with _progress() as progress:
-        res = get_dataset("synthetic").fetch(root=root, out=out, force=force, progress=progress, n=n, seed=seed,
-                                             size=size, slices_per_patient=slices_per_patient, style=style)
+        res = get_dataset("synthetic").fetch(root=root, out=out, force=force, progress=progress, **cfg.model_dump())
     verb = "already there, verified" if res.reused else "generated"
     console.print(f"[green]synthetic[/]: {res.images} images {verb} in {res.path}")
 

@@ -153,7 +153,11 @@ class Cache:
         return np.arange(len(self.index)) if split is None else np.flatnonzero(self.index["split"].to_numpy() == split)
 
     def to_ray_dataset(self, split: str | None = None, transform: Callable | None = None):
-        """A Ray Data dataset of samples (for ``ray.train`` ``datasets=`` and ``iter_torch_batches``)."""
+        """A Ray Data dataset of samples (for ``ray.train`` ``datasets=`` and ``iter_torch_batches``).
+
+        Columns: image, lung_mask, lesion_mask, label, index (row of ``self.index``), has_lung_mask,
+        has_lesion_mask. ``transform`` (e.g. ``train_transforms``) runs per sample inside the Ray tasks.
+        """
         import ray
 
         return ray.data.from_items([{"row": int(r)} for r in self.rows(split)]).map_batches(
@@ -173,8 +177,7 @@ class _CacheReader:
             out[k] = np.array([s[k] for s in samples])
         for k in ("has_lung_mask", "has_lesion_mask"):
             out[k] = np.array([s[k] for s in samples], dtype=bool)
-        out["image_id"] = np.array([s["image_id"] for s in samples], dtype=object)
-        return out
+        return out  # ids are strings (not tensors): ``index`` is the row of ``Cache.index`` instead
 
 
 class CachedDataset(Dataset):
@@ -195,8 +198,8 @@ class CachedDataset(Dataset):
             self._arrays = self.cache.arrays()
         r = int(self.rows[i])
         row = self.records[r]
-        masks = {k: (np.array(self._arrays[k][r]) if row[f"has_{k}"] else None) for k in MASK_COLUMNS}
-        sample = make_sample(np.array(self._arrays["images"][r]), masks, row, r)
+        masks = {k: (self._arrays[k][r] if row[f"has_{k}"] else None) for k in MASK_COLUMNS}
+        sample = make_sample(self._arrays["images"][r], masks, row, r)
         return self.transform(sample) if self.transform else sample
 
     @property

@@ -86,11 +86,11 @@ def validate_manifest(df: pd.DataFrame, where: str = "manifest") -> None:
     bad = ~df["label"].isin([0, 1])
     if bad.any():
         i = int(bad.to_numpy().nonzero()[0][0])
-        raise BenchError(f"{where}: row {i} ({df['image_id'].iloc[i]}) has label {df['label'].iloc[i]!r}, expected 0 or 1")
+        raise BenchError(f"{where}: row {i} ({df['image_id'].iloc[i]}) has label {df['label'].iloc[i]}, expected 0 or 1")
     bad = ~df["split"].isin(SPLITS)
     if bad.any():
         i = int(bad.to_numpy().nonzero()[0][0])
-        raise BenchError(f"{where}: row {i} ({df['image_id'].iloc[i]}) has split {df['split'].iloc[i]!r}, expected one of {', '.join(SPLITS)}")
+        raise BenchError(f"{where}: row {i} ({df['image_id'].iloc[i]}) has split '{df['split'].iloc[i]}', expected one of {', '.join(SPLITS)}")
     dup = df["image_id"].duplicated()
     if dup.any():
         raise BenchError(f"{where}: image_id {df['image_id'][dup].iloc[0]!r} appears more than once")

@@ -24,7 +24,7 @@ MASK_COLUMNS = {"lung_mask": "lung_mask_path", "lesion_mask": "lesion_mask_path"
 
 def make_sample(image: np.ndarray, masks: dict[str, np.ndarray | None], row: dict, index: int) -> dict:
     h, w = image.shape
-    sample = {"image": tv_tensors.Image(torch.from_numpy(np.ascontiguousarray(image))[None]),
+    sample = {"image": tv_tensors.Image(torch.from_numpy(np.require(image, requirements=["C", "W"]))[None]),
               "label": int(row["label"]), "image_id": str(row["image_id"]),
               "patient_id": str(row["patient_id"]), "index": index}
     for key, m in masks.items():
