@@ -142,7 +142,8 @@ def _print_audit(a: dict) -> None:
     for cls, s in a["sizes"].items():
         sizes.add_row(cls, "{min}/{median:g}/{max}".format(**s["width"]), "{min}/{median:g}/{max}".format(**s["height"]))
     console.print(sizes)
-    console.print(f"formats: {a['formats']}  modes: {a['modes']}  extension/content mismatches: {a['extension_mismatch']}")
+    console.print(f"formats: {a['formats']}  extension/content mismatches: {a['extension_mismatch']}")
+    console.print(f"image modes by class: {a['modes_by_class']}")
     console.print(f"available: {a['available']}")
 
 

@@ -130,6 +130,9 @@ def audit_manifest(df: pd.DataFrame, near_threshold: int = NEAR_THRESHOLD) -> di
         "sizes": sizes,
         "formats": {str(k): int(v) for k, v in df["format"].value_counts().items()} if "format" in df else {},
         "modes": {str(k): int(v) for k, v in df["mode"].value_counts().items()} if "mode" in df else {},
+        # File properties that differ by class are shortcuts a model can learn instead of disease.
+        "modes_by_class": {LABELS[lab]: {str(k): int(v) for k, v in g.value_counts().items()}
+                           for lab, g in df.groupby("label")["mode"]} if "mode" in df else {},
         "extension_mismatch": int(sum(1 for p, f in zip(df["path"], df.get("format", [None] * len(df)))
                                       if f in EXTENSIONS and Path(p).suffix.lower() not in EXTENSIONS[f])),
         "available": optional,
