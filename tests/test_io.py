@@ -1,8 +1,6 @@
 import pytest
 
-from covidct_bench.errors import BenchError
 from covidct_bench.io import atomic_path, staging_dir
-from covidct_bench.registry import Registry
 
 
 def test_atomic_path_keeps_old_file_on_failure(tmp_path):
@@ -27,14 +25,3 @@ def test_staging_dir_swaps_whole_folder(tmp_path):
             (tmp / "y").write_text("2")
             raise KeyError
     assert [p.name for p in dest.iterdir()] == ["x"] and [p.name for p in tmp_path.iterdir()] == ["d"]
-
-
-def test_registry():
-    r = Registry("backbone")
-    r.register("b")(1)
-    r.register("a")(2)
-    assert r.names() == ["a", "b"] and r.get("a") == 2 and "b" in r
-    with pytest.raises(ValueError, match="registered twice"):
-        r.register("a")(3)
-    with pytest.raises(BenchError, match=r"unknown backbone 'c' \(known: a, b\)"):
-        r.get("c")

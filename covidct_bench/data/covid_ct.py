@@ -33,7 +33,8 @@ OPTIONAL = ["COVID-CT-MetaInfo.csv", "NonCOVID-CT-MetaInfo.csv",
 MEDRXIV = re.compile(r"^(20\d\d\.\d\d\.\d\d\.\d+)")
 
 
-def read_split_list(path: Path, rel: str) -> list[str]:
+def read_split_list(path: Path) -> list[tuple[int, str]]:
+    """(line number, file name) for each non-blank line."""
     names = []
     for i, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), start=1):
         name = line.strip()
@@ -137,7 +138,7 @@ class CovidCT(DatasetBuilder):
         rows, seen = [], {}
         for (cls, split), rel in SPLIT_LISTS.items():
             zip_name = Path(ZIPS[cls]).name
-            for line, name in read_split_list(raw / rel, rel):
+            for line, name in read_split_list(raw / rel):
                 if name not in members[cls]:
                     raise BenchError(f"{rel} line {line}: {name!r} is not in {zip_name}")
                 if (cls, name) in seen:
@@ -156,7 +157,7 @@ class CovidCT(DatasetBuilder):
         info = parallel_map(lambda r: inspect_file(out / r, r.removeprefix("images/")), df["path"],
                             on_done=(lambda: progress.advance(task)) if progress else None)
         df = pd.concat([df, pd.DataFrame(info)], axis=1)
-        listed = {p for p in df["path"]}
+        listed = set(df["path"])
         unlisted = sorted(p for m in members.values() for p in m.values() if p not in listed)
         for p in unlisted:  # images no split list names are not part of the benchmark
             (out / p).unlink()

@@ -50,7 +50,8 @@ class DatasetBuilder:
             return FetchResult(dest, reused, reused=True)
         with staging_dir(dest) as tmp:
             df = self.build(source, tmp, progress, **options)
-            df.insert(1, "dataset", self.name) if "dataset" not in df.columns else None
+            if "dataset" not in df.columns:
+                df.insert(1, "dataset", self.name)
             write_manifest(df, tmp / MANIFEST_FILE)
             record = {"dataset": self.name, "source": source or self.default_source, "options": options,
                       "covidct_bench": __version__,

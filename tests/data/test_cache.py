@@ -62,3 +62,27 @@ def test_bad_image_fails_with_its_name_and_leaves_no_cache(synthetic_root, tmp_p
     assert not (tmp_path / "cache").exists()
     with pytest.raises(BenchError, match="not a complete cache"):
         Cache(tmp_path / "cache")
+
+
+def _count_shard(config):
+    import ray.train
+
+    shard = ray.train.get_dataset_shard("train")
+    n, pos = 0, 0
+    for batch in shard.iter_torch_batches(batch_size=4):
+        assert batch["image"].shape[1:] == (1, 32, 32)
+        n += len(batch["label"])
+        pos += int(batch["label"].sum())
+    return {"rows": n, "positives": pos}  # Train V2 keeps a worker's return value, not bare reports
+
+
+def test_cache_feeds_ray_train(cache, tmp_path):
+    """The cache reaches a real TorchTrainer worker through Ray Data (get_dataset_shard)."""
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    trainer = TorchTrainer(_count_shard, scaling_config=ScalingConfig(num_workers=1, use_gpu=False),
+                           datasets={"train": cache.to_ray_dataset("train")},
+                           run_config=RunConfig(name="cache_feed", storage_path=str(tmp_path)))
+    result = trainer.fit()
+    assert result.return_value == {"rows": 16, "positives": 8}
