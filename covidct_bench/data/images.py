@@ -31,13 +31,15 @@ def decode(data: bytes, name: str) -> Image.Image:
     return img
 
 
-def open_image(path: str | os.PathLike, name: str | None = None) -> Image.Image:
-    path = Path(path)
+def read_bytes(path: str | os.PathLike, name: str | None = None) -> bytes:
     try:
-        data = path.read_bytes()
+        return Path(path).read_bytes()
     except OSError as e:
         raise BenchError(f"{name or path}: cannot read ({e.strerror or e})") from None
-    return decode(data, name or str(path))
+
+
+def open_image(path: str | os.PathLike, name: str | None = None) -> Image.Image:
+    return decode(read_bytes(path, name), name or str(path))
 
 
 def to_gray(img: Image.Image) -> np.ndarray:
@@ -77,12 +79,7 @@ def inspect_bytes(data: bytes, name: str) -> dict:
 
 
 def inspect_file(path: str | os.PathLike, name: str | None = None) -> dict:
-    path = Path(path)
-    try:
-        data = path.read_bytes()
-    except OSError as e:
-        raise BenchError(f"{name or path}: cannot read ({e.strerror or e})") from None
-    return inspect_bytes(data, name or str(path))
+    return inspect_bytes(read_bytes(path, name), name or str(path))
 
 
 def parallel_map(fn: Callable[[T], R], items: Iterable[T], threads: int | None = None,
