@@ -3,10 +3,10 @@
 Layout of a cache folder (written to a staging folder, then renamed into place)::
 
     images.npy        uint8 [N, S, S]   (np.load(..., mmap_mode="r") -> zero-copy reads)
-    lung_mask.npy     uint8 [N, S, S]   0/1, zeros where the manifest has no lung mask
-    lesion_mask.npy   uint8 [N, S, S]
+    lung_mask.npy     uint8 [N, S, S]   0/1, zeros where a row has no lung mask; only written when
+    lesion_mask.npy   uint8 [N, S, S]   some row of the manifest has that mask
     index.parquet     the manifest rows in cache order (+ has_lung_mask, has_lesion_mask)
-    cache.json        size, count, fingerprint of the manifest content
+    cache.json        size, count, the arrays written, fingerprint of the manifest content
 
 Images are resized to S x S without keeping the aspect ratio (the paper's 480 x 480 input); masks
 use nearest-neighbour. The same cache feeds a DataLoader (``CachedDataset``) and Ray Train through
@@ -33,8 +33,7 @@ from covidct_bench.data.torch_dataset import MASK_COLUMNS, make_sample
 from covidct_bench.errors import BenchError
 from covidct_bench.io import staging_dir
 
-CACHE_VERSION = 1
-ARRAYS = ("images", *MASK_COLUMNS)
+CACHE_VERSION = 2
 
 
 def fingerprint(df: pd.DataFrame, size: int) -> str:
@@ -67,21 +66,21 @@ def resize_square(arr: np.ndarray, size: int, nearest: bool = False) -> np.ndarr
 class DecodeResize:
     """Ray Data batch UDF: paths -> fixed-size uint8 arrays; errors become an ``error`` column."""
 
-    def __init__(self, size: int):
-        self.size = size
+    def __init__(self, size: int, masks: dict[str, str]):
+        self.size, self.masks = size, masks  # masks: sample key -> manifest column, only those present
 
     def __call__(self, batch: dict) -> dict:
         n, s = len(batch["idx"]), self.size
         out = {"idx": batch["idx"], "error": np.array([""] * n, dtype=object),
                "images": np.zeros((n, s, s), np.uint8)}
-        for key in MASK_COLUMNS:
+        for key in self.masks:
             out[key] = np.zeros((n, s, s), np.uint8)
         for k in range(n):
             try:
                 out["images"][k] = resize_square(load_gray(batch["abs_path"][k], batch["path"][k]), s)
-                for key, col in MASK_COLUMNS.items():
+                for key, col in self.masks.items():
                     p = batch[f"abs_{col}"][k]
-                    if isinstance(p, str) and p:
+                    if p:
                         out[key][k] = resize_square((load_mask(p, batch[col][k]) > 0).astype(np.uint8), s, nearest=True)
             except BenchError as e:
                 out["error"][k] = str(e)
@@ -102,20 +101,21 @@ def build_cache(df: pd.DataFrame, size: int = 480, out: str | os.PathLike | None
 
     init_ray(address)
     table = pd.DataFrame({"idx": np.arange(len(df)), "path": df["path"].to_numpy(), "abs_path": absolute(df).to_numpy()})
-    for col in MASK_COLUMNS.values():
-        rel = df[col] if col in df else pd.Series([None] * len(df))
-        table[col] = rel.fillna("").to_numpy()
-        table[f"abs_{col}"] = (absolute(df, col) if col in df else rel).fillna("").to_numpy()
-    ds = ray.data.from_pandas(table).map_batches(DecodeResize(size), batch_size=batch_size, batch_format="numpy")
+    masks = {key: col for key, col in MASK_COLUMNS.items() if col in df and df[col].notna().any()}
+    for col in masks.values():
+        table[col] = df[col].fillna("").to_numpy()
+        table[f"abs_{col}"] = absolute(df, col).fillna("").to_numpy()
+    names = ("images", *masks)
+    ds = ray.data.from_pandas(table).map_batches(DecodeResize(size, masks), batch_size=batch_size, batch_format="numpy")
 
     with staging_dir(out) as tmp:
         arrays = {k: np.lib.format.open_memmap(tmp / f"{k}.npy", mode="w+", dtype=np.uint8, shape=(len(df), size, size))
-                  for k in ARRAYS}
+                  for k in names}
         task = progress.add_task(f"cache {size}px (Ray Data)", total=len(df)) if progress else None
         for batch in ds.iter_batches(batch_size=batch_size, batch_format="numpy"):
             if bad := [e for e in batch["error"] if e]:
                 raise BenchError(bad[0])
-            for k in ARRAYS:
+            for k in names:
                 arrays[k][batch["idx"]] = batch[k]
             if progress:
                 progress.advance(task, len(batch["idx"]))
@@ -127,7 +127,7 @@ def build_cache(df: pd.DataFrame, size: int = 480, out: str | os.PathLike | None
             index[f"has_{key}"] = index[col].notna() if col in index else False
         index.to_parquet(tmp / "index.parquet", index=False)
         (tmp / "cache.json").write_text(json.dumps({"version": CACHE_VERSION, "size": size, "count": len(df),
-                                                    "fingerprint": fp, "root": str(root.resolve())}, indent=2))
+                                                    "arrays": list(names), "fingerprint": fp, "root": str(root.resolve())}, indent=2))
     return Cache(out)
 
 
@@ -147,7 +147,7 @@ class Cache:
         return len(self.index)
 
     def arrays(self) -> dict[str, np.ndarray]:
-        return {k: np.load(self.path / f"{k}.npy", mmap_mode="r") for k in ARRAYS}
+        return {k: np.load(self.path / f"{k}.npy", mmap_mode="r") for k in self.meta["arrays"]}
 
     def rows(self, split: str | None = None) -> np.ndarray:
         return np.arange(len(self.index)) if split is None else np.flatnonzero(self.index["split"].to_numpy() == split)

@@ -86,3 +86,14 @@ def test_cache_feeds_ray_train(cache, tmp_path):
                            run_config=RunConfig(name="cache_feed", storage_path=str(tmp_path)))
     result = trainer.fit()
     assert result.return_value == {"rows": 16, "positives": 8}
+
+
+def test_no_mask_arrays_for_a_manifest_without_masks(synthetic_root, tmp_path, ray_local):
+    df = load_manifest("synthetic", synthetic_root)
+    df["lung_mask_path"] = None
+    df["lesion_mask_path"] = None
+    cache = build_cache(df, size=16, out=tmp_path / "nomask")
+    assert sorted(p.name for p in cache.path.glob("*.npy")) == ["images.npy"]
+    s = CachedDataset(cache)[0]
+    assert not s["has_lung_mask"] and not s["has_lesion_mask"] and s["lung_mask"].sum() == 0
+    assert next(iter(cache.to_ray_dataset().iter_torch_batches(batch_size=4)))["lesion_mask"].shape == (4, 1, 16, 16)

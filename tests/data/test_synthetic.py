@@ -47,7 +47,7 @@ def test_positives_and_negatives_share_style(tmp_path, style):
     """The same synthetic patient rendered as negative and positive: same file type, size, margins, and
     (clean) identical pixels away from the lesions."""
     cfg = SynthConfig(n=6, size=64, style=style, seed=5)
-    for label, folder in ((0, "neg"), (1, "pos")):
+    for folder in ("neg", "pos"):
         for sub in ("images", "lung_masks", "lesion_masks", "lesion_multiclass"):
             (tmp_path / folder / sub).mkdir(parents=True)
     neg = make_patient_slices(cfg, 0, 0, 2, tmp_path / "neg")
