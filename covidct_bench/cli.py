@@ -51,6 +51,8 @@ app = App(name="covidct-bench", help="COVID-CT as a reproducible, distributed be
           no_args_is_help=True, rich_markup_mode="rich")
 data_app = App(help="Datasets: fetch, synthesise, audit, cache.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
+ingest_app = App(help="Ingest: paper PDFs -> figures -> labelled CT panels (Ray Data), review.", no_args_is_help=True)
+app.add_typer(ingest_app, name="ingest")
 
 RootOpt = typer.Option(None, "--root", help="Datasets folder (default: $COVIDCT_BENCH_ROOT or ./datasets).")
 
@@ -181,6 +183,85 @@ def data_cache(
     with _progress() as progress:
         cache = build_cache(df, size=size, out=out, address=address, progress=progress)
     console.print(f"[green]cache[/]: {len(cache)} images at {size}x{size} in {cache.path}")
+
+
+@data_app.command("synth-pdfs")
+def data_synth_pdfs(
+    out: Path = typer.Option(..., "--out", help="Folder for doc-NNNN.pdf and ground_truth.json."),
+    n: int = typer.Option(20, "--n", help="Number of PDFs."),
+    seed: int = typer.Option(0, "--seed"),
+    panel_size: int = typer.Option(384, "--panel-size", help="Pixels per CT panel side (multi-panel figures are larger)."),
+    duplicate_fraction: float = typer.Option(0.1, "--duplicate-fraction", help="Share of documents that are a v2 of another."),
+) -> None:
+    """Write a synthetic corpus of preprint PDFs (CT and non-CT figures, captions) with its ground truth."""
+    from covidct_bench.data.synthetic_pdfs import SynthPdfConfig, write_corpus
+
+    cfg = SynthPdfConfig(out=out, n=n, seed=seed, panel_size=panel_size, duplicate_fraction=duplicate_fraction)
+    with _progress() as progress:
+        task = progress.add_task("writing PDFs", total=n)
+        truth = write_corpus(cfg, progress=lambda k: progress.advance(task, k))
+    figs = sum(len(d["figures"]) for d in truth["documents"])
+    console.print(f"[green]synth-pdfs[/]: {n} PDFs, {figs} figures in {out} (ground truth: {out / 'ground_truth.json'})")
+
+
+@ingest_app.command("run")
+def ingest_run(
+    pdf_dir: Path = typer.Argument(..., help="Folder of PDFs (searched recursively)."),
+    out: Path = typer.Option(..., "--out", help="Output folder (replaced whole when the run succeeds)."),
+    ct_threshold: float = typer.Option(0.5, "--ct-threshold", help="ct_score at or above which a panel is a CT."),
+    timeout: float = typer.Option(120.0, "--timeout", help="Per-document time limit in seconds."),
+    max_pixels: int = typer.Option(50_000_000, "--max-pixels", help="Largest embedded image decoded (w x h)."),
+    workers: Optional[int] = typer.Option(None, "--workers", help="Documents in parallel (default: CPUs)."),
+    dataset: str = typer.Option("ingested", "--dataset", help="Dataset name written into the manifest."),
+    engine: str = typer.Option("ray", "--engine", help="ray (Ray Data, isolated workers) or local (one process)."),
+    address: Optional[str] = typer.Option(None, "--address", help="Ray cluster address (default: local / $RAY_ADDRESS)."),
+) -> None:
+    """Figures, captions, panels, CT scores, chest crops and labels from a folder of PDFs."""
+    from covidct_bench.ingest.pipeline import IngestConfig, list_pdfs, run_ingest
+
+    if engine not in ("ray", "local"):
+        raise BenchError(f"--engine: {engine!r} is not ray or local")
+    cfg = IngestConfig(ct_threshold=ct_threshold, timeout_s=timeout, max_pixels=max_pixels, workers=workers,
+                       dataset=dataset)
+    total = len(list_pdfs(pdf_dir))
+    with _progress() as progress:
+        task = progress.add_task("ingesting PDFs", total=total)
+        s = run_ingest(pdf_dir, out, cfg, engine=engine, address=address, progress=lambda k: progress.advance(task, k))
+    console.print(f"[green]ingest[/]: {s['documents']} PDFs ({s['documents_failed']} failed), {s['figures']} figures, "
+                  f"{s['panels']} panels, {s['ct_panels']} CT ({s['labelled_ct_panels']} labelled), "
+                  f"{s['duplicates']} duplicates, {s['errors']} error rows in {s['seconds']:.1f} s -> {out}")
+
+
+@ingest_app.command("review")
+def ingest_review(out: Path = typer.Argument(..., help="An ingest output folder.")) -> None:
+    """Write review.html (gallery) and review.csv (edit is_ct / label there)."""
+    from covidct_bench.ingest.review import write_review
+
+    page, csv = write_review(out)
+    console.print(f"[green]review[/]: open {page}; edit {csv}, then `covidct-bench ingest apply-review {out} {csv}`")
+
+
+@ingest_app.command("apply-review")
+def ingest_apply_review(out: Path = typer.Argument(..., help="An ingest output folder."),
+                        csv: Path = typer.Argument(..., help="The edited review CSV.")) -> None:
+    """Apply a reviewed CSV to figures.parquet and the manifest."""
+    from covidct_bench.ingest.review import apply_review
+
+    r = apply_review(out, csv)
+    console.print(f"[green]apply-review[/]: {r['label']} labels and {r['is_ct']} CT flags changed; "
+                  f"manifest has {r['manifest_rows']} images")
+
+
+@ingest_app.command("score-captions")
+def ingest_score_captions(
+    csv: Path = typer.Argument(..., help="COVID-CT-MetaInfo.csv (captions with curated age and sex)."),
+) -> None:
+    """Accuracy and coverage of the caption parser against curated metadata (JSON)."""
+    from covidct_bench.ingest.captions import score_metadata
+
+    if not csv.is_file():
+        raise BenchError(f"{csv}: not found")
+    typer.echo(json.dumps(score_metadata(csv), indent=1))
 
 
 def main() -> None:
