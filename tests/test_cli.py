@@ -11,7 +11,8 @@ runner = CliRunner()
 
 
 @pytest.mark.parametrize("args", [[], ["data"], ["data", "fetch"], ["data", "synth"], ["data", "audit"],
-                                  ["data", "cache"], ["data", "list"]])
+                                  ["data", "cache"], ["data", "list"], ["data", "synth-pdfs"], ["ingest"],
+                                  ["ingest", "run"], ["ingest", "review"], ["ingest", "apply-review"]])
 def test_help_everywhere(args):
     res = runner.invoke(app, [*args, "--help"])
     assert res.exit_code == 0 and "Usage" in res.output
@@ -46,3 +47,27 @@ def test_console_script_entry_point(tmp_path):
     assert res.returncode == 1 and res.stderr.startswith("error:") and "Traceback" not in res.stderr
     res = subprocess.run([sys.executable, "-m", "covidct_bench.cli", "--version"], capture_output=True, text=True)
     assert res.returncode == 0 and res.stdout.startswith("covidct-bench ")
+
+
+def test_synth_pdfs_ingest_review_via_cli(tmp_path):
+    res = runner.invoke(app, ["data", "synth-pdfs", "--out", str(tmp_path / "pdfs"), "--n", "2", "--seed", "1",
+                              "--panel-size", "96"])
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(app, ["ingest", "run", str(tmp_path / "pdfs"), "--out", str(tmp_path / "out"),
+                              "--engine", "local"])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "out" / "manifest.parquet").is_file()
+    res = runner.invoke(app, ["ingest", "review", str(tmp_path / "out")])
+    assert res.exit_code == 0 and (tmp_path / "out" / "review.html").is_file()
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["ingest", "run", "NOPE", "--out", "x"], "NOPE: not a folder of PDFs"),
+    (["ingest", "run", ".", "--out", "x", "--engine", "spark"], "--engine: 'spark'"),
+    (["ingest", "apply-review", "NOPE", "missing.csv"], "missing.csv: not found"),
+    (["ingest", "score-captions", "missing.csv"], "missing.csv: not found"),
+])
+def test_ingest_errors_are_one_line(args, needle):
+    res = runner.invoke(app, args)
+    assert res.exit_code == 1
+    assert needle in res.output and res.output.count("\n") == 1

@@ -355,6 +355,8 @@ def write_tables(out: Path, panels: list[dict], errors: list[dict], cfg: IngestC
     from covidct_bench.data.manifest import MANIFEST_FILE, write_manifest
 
     df = pd.DataFrame(panels, columns=[c for c in FIGURE_COLUMNS] + ["mode"])
+    # results arrive in whatever order the workers finish: sort so "first occurrence" is deterministic
+    df = df.sort_values(["doc", "figure_index", "panel_index"], kind="stable").reset_index(drop=True)
     df = mark_duplicates(df.drop(columns=["duplicate_of", "duplicate_kind"]), cfg.near_threshold)
     df["label"] = df["label"].astype("Int8")
     for col in ("age",):
