@@ -114,10 +114,9 @@ class CaptionInfo:
 
 def _mentions(text: str) -> list[tuple[int, int, str]]:
     """(start, side, phrase) for every non-negated label mention; side 1 positive, 0 negative."""
-    out = []
-    for m in _NON_COVID.finditer(text):
-        out.append((m.start(), 0, m.group(0)))
-    taken = [(m.start(), m.end()) for m in _NON_COVID.finditer(text)]
+    non_covid = list(_NON_COVID.finditer(text))
+    out = [(m.start(), 0, m.group(0)) for m in non_covid]
+    taken = [(m.start(), m.end()) for m in non_covid]
     for side, pat in ((1, _POS), (0, _NEG)):
         for m in re.finditer(pat, text, re.I):
             if any(a <= m.start() < b for a, b in taken):

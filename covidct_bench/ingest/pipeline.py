@@ -112,8 +112,9 @@ def process_document(data: bytes, name: str, cfg: IngestConfig) -> dict:
         errors.append({"doc": name, "page": s["page"], "xref": s["xref"], "stage": "image", "reason": s["reason"]})
     rows = []
     for fig in doc.figures:
-        info = parse_caption(fig.caption, nearby=citing_sentences(doc.text, parse_caption(fig.caption).figure_number,
-                                                                  fig.caption) if fig.caption else None)
+        info = parse_caption(fig.caption)
+        if info.label_text == "unknown" and fig.caption:  # the caption is silent: ask the sentences citing it
+            info = parse_caption(fig.caption, nearby=citing_sentences(doc.text, info.figure_number, fig.caption))
         parts = sorted(fig.placements, key=lambda p: (round(p.rect[1] / 20), p.rect[0]))
         panels = []
         for k, part in enumerate(parts):
@@ -359,8 +360,7 @@ def write_tables(out: Path, panels: list[dict], errors: list[dict], cfg: IngestC
     df = df.sort_values(["doc", "figure_index", "panel_index"], kind="stable").reset_index(drop=True)
     df = mark_duplicates(df.drop(columns=["duplicate_of", "duplicate_kind"]), cfg.near_threshold)
     df["label"] = df["label"].astype("Int8")
-    for col in ("age",):
-        df[col] = df[col].astype("float64")
+    df["age"] = df["age"].astype("float64")
     df["illness_day"] = df["illness_day"].astype("Int32")
     df.to_parquet(out / "figures.parquet", index=False)
     pd.DataFrame(errors, columns=list(ERROR_COLUMNS)).astype({"page": "Int32", "xref": "Int64"}).to_parquet(
