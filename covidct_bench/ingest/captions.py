@@ -48,7 +48,7 @@ _AGE = [
                r"(?=[\s,;]*(?:old|male|female|man|woman|boy|girl|patient|\(?[MF]\b))", re.I),
     re.compile(r"\b(\d{1,3})\s*(?:years?|yrs?)\b(?=\s*[),;])", re.I),  # "(IP: C56, 57 years)"
     re.compile(r"\baged?\s*(?:of\s*|:\s*|=\s*)?(\d{1,3})\b", re.I),
-    re.compile(r"\b(\d{1,3})\s*[\-‐–]?\s*(?:months?|mos?)\s*[\-‐–]?\s*old\b", re.I),  # months -> years
+    _MONTHS := re.compile(r"\b(\d{1,3})\s*[\-‐–]?\s*(?:months?|mos?)\s*[\-‐–]?\s*old\b", re.I),  # -> years
     re.compile(r"\b(\d{1,3})\s*(?:/\s*)?([MF])\b(?![a-z])"),  # 45M, 45/F
     re.compile(r"\b([MF])\s*/\s*(\d{1,3})\b"),  # M/45
 ]
@@ -143,13 +143,13 @@ def _label(text: str) -> tuple[int | None, str, float, str | None]:
 
 def parse_age(text: str) -> float | None:
     best = None
-    for k, pat in enumerate(_AGE):
+    for pat in _AGE:
         for m in pat.finditer(text):
-            groups = [g for g in m.groups() if g and g.isdigit() or (g and g.replace(".", "").isdigit())]
+            groups = [g for g in m.groups() if g and g.replace(".", "", 1).isdigit()]
             if not groups:
                 continue
             value = float(groups[0])
-            if pat.pattern.startswith(r"\b(\d{1,3})\s*[\-‐–]?\s*(?:months?"):
+            if pat is _MONTHS:
                 value = round(value / 12.0, 2)
             if 0 <= value <= 110 and (best is None or m.start() < best[0]):
                 best = (m.start(), value)

@@ -130,8 +130,8 @@ def process_document(data: bytes, name: str, cfg: IngestConfig) -> dict:
             crop = arr[cy0:cy1, cx0:cx1]
             score = ct_score(crop, features(crop))
             is_ct = score >= cfg.ct_threshold
-            keep = crop if is_ct else arr
-            png, mode = _png(np.ascontiguousarray(keep))
+            keep = np.ascontiguousarray(crop if is_ct else arr)
+            png, mode = _png(keep)
             letter = letters[j] if by_order else None
             label, source = info.panel_label(letter)
             if source == "caption" and info.confidence < 0.6 and label is not None:
@@ -150,8 +150,8 @@ def process_document(data: bytes, name: str, cfg: IngestConfig) -> dict:
                 "sex": (ptext.sex if ptext and ptext.sex else info.sex), "illness_day": info.illness_day,
                 "severity": info.severity, "width": int(keep.shape[1]), "height": int(keep.shape[0]), "mode": mode,
                 "sha256": hashlib.sha256(png).hexdigest(),
-                "pixel_sha256": hashlib.sha256(np.ascontiguousarray(keep).tobytes() + str(keep.shape).encode()).hexdigest(),
-                "phash": _phash(np.ascontiguousarray(keep)), "png": png,
+                "pixel_sha256": hashlib.sha256(keep.tobytes() + str(keep.shape).encode()).hexdigest(),
+                "phash": _phash(keep), "png": png,
             })
     return {"doc": {"doc": name, "doc_sha256": doc.sha256, "doi": doc.doi, "pages": doc.pages,
                     "figures": len(doc.figures)}, "panels": rows, "errors": errors}
