@@ -74,3 +74,33 @@ def presets(cfg: TransformConfig | None = None) -> dict[str, v2.Compose]:
     cfg = cfg or TransformConfig()
     ev = eval_transforms(cfg)
     return {"train": train_transforms(cfg), "val": ev, "test": ev}
+
+
+class MocoAugment(BaseModel):
+    """MoCo v2 views (Chen et al. 2020), as used for the paper's CSSL."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    crop_scale: float = Field(0.2, gt=0.0, le=1.0, description="RandomResizedCrop minimum area fraction")
+    jitter: tuple[float, float, float, float] = (0.4, 0.4, 0.4, 0.1)  # brightness, contrast, saturation, hue
+    jitter_p: float = Field(0.8, ge=0.0, le=1.0)
+    grayscale_p: float = Field(0.2, ge=0.0, le=1.0)
+    blur_p: float = Field(0.5, ge=0.0, le=1.0)
+    blur_sigma: tuple[float, float] = (0.1, 2.0)
+    hflip: float = Field(0.5, ge=0.0, le=1.0)
+
+
+def moco_transforms(size: int, aug: MocoAugment | None = None) -> v2.Compose:
+    """One random view of a grey CT (replicated to RGB so colour jitter and grayscale apply as published)."""
+    aug = aug or MocoAugment()
+    kernel = max(3, int(0.1 * size) // 2 * 2 + 1)  # ~10% of the image, odd
+    return v2.Compose([
+        v2.RandomResizedCrop((size, size), scale=(aug.crop_scale, 1.0), antialias=True),
+        RepeatChannels(3),
+        v2.RandomApply([v2.ColorJitter(*aug.jitter)], p=aug.jitter_p),
+        v2.RandomGrayscale(aug.grayscale_p),
+        v2.RandomApply([v2.GaussianBlur(kernel, sigma=aug.blur_sigma)], p=aug.blur_p),
+        v2.RandomHorizontalFlip(aug.hflip),
+        v2.ToDtype(torch.float32, scale=True),
+        v2.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+    ])

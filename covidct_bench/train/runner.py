@@ -1,0 +1,246 @@
+"""Driver side of a training run: checks, preprocessing cache, the Ray Train job, the run folder.
+
+A run folder holds::
+
+    config.yaml          the resolved TrainConfig (task defaults filled in)
+    metrics.parquet      one row per (epoch, split): train loss / lr / images_per_s; val & test metrics
+    predictions.parquet  one row per (epoch, evaluated split, image): image_id, patient_id, split,
+                         y_true, score (+ y_pred, threshold-free extras such as dice)
+    summary.json         final and validation-selected epoch, their metrics, timings
+    model.pt             final weights {"state_dict", "meta"} (torch.load(weights_only=True))
+    backbone.pt          CSSL runs only: the query encoder, for ``--init cssl:RUN``
+    checkpoints/         Ray Train checkpoints (the last two epochs), used by ``--resume``
+
+Tables are written to a temporary file and renamed, so a failed run never clobbers earlier output.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+import torch
+import yaml
+
+from covidct_bench.data import load_manifest
+from covidct_bench.data.cache import build_cache, init_ray
+from covidct_bench.data.lung_masks import MANIFEST_MASKS, with_lung_masks
+from covidct_bench.errors import BenchError
+from covidct_bench.io import atomic_path
+from covidct_bench.train.config import TrainConfig
+from covidct_bench.train.loop import STATE_FILE, train_func_per_worker
+from covidct_bench.train.tasks import get_task
+
+CONFIG_FILE = "config.yaml"
+CHECKPOINTS = "checkpoints"
+
+# columns the report and the grid read first; the rest follow in order of appearance
+_METRIC_ORDER = ["epoch", "split", "loss", "accuracy", "precision", "sensitivity", "specificity", "f1", "auc",
+                 "threshold", "dice", "iou", "true_dice", "true_iou", "lesion_dice", "knn_acc", "linear_acc"]
+
+
+@dataclass
+class RunResult:
+    path: Path
+    config: TrainConfig
+    metrics: pd.DataFrame
+    predictions: pd.DataFrame
+    summary: dict = field(default_factory=dict)
+
+
+def _progress_callback(queue):
+    from ray.train import UserCallback
+
+    class ForwardMetrics(UserCallback):
+        """Runs in the Train controller: forwards each epoch's rank-0 metrics to the driver's queue."""
+
+        def after_report(self, run_context, metrics, checkpoint):
+            if metrics:
+                queue.put(dict(metrics[0]))
+
+    return ForwardMetrics()
+
+
+def _compare_for_resume(saved: dict, cfg: TrainConfig, out: Path) -> None:
+    now = cfg.model_dump(mode="json")
+    diff = [k for k in now if k not in ("epochs", "workers", "gpu", "cpus_per_worker", "loader_workers")
+            and now[k] != saved.get(k)]
+    if diff:
+        raise BenchError(f"--resume: {out / CONFIG_FILE} differs in {', '.join(diff)}; resume with the same "
+                         "settings (only --epochs and the resources may change) or choose another --out")
+
+
+def prepare(cfg: TrainConfig, address: str | None = None, progress=None) -> tuple[TrainConfig, dict]:
+    """Resolve defaults, validate against the manifest and build the cache(s): (config, loop config)."""
+    cfg = cfg.resolved()
+    task = get_task(cfg)
+    df = with_lung_masks(load_manifest(cfg.dataset, cfg.root), cfg.lung_masks)
+    task.validate(df)
+    init_ray(address)
+    size = int(cfg.image_size)
+    root = Path(df.attrs.get("root", "."))
+    cache = build_cache(df, size=size, out=root / "cache" / f"{size}-{cfg.lung_masks}", address=address, progress=progress)
+    loop = {"cfg": cfg.model_dump(mode="json"), "cache": str(cache.path.resolve()), "ref_cache": None}
+    has_own = "lung_mask_path" in df and load_manifest(cfg.dataset, cfg.root)["lung_mask_path"].notna().any()
+    if cfg.task == "segment" and cfg.lung_masks != MANIFEST_MASKS and has_own:
+        ref = build_cache(load_manifest(cfg.dataset, cfg.root), size=size, out=root / "cache" / f"{size}-{MANIFEST_MASKS}",
+                          address=address, progress=progress)
+        loop["ref_cache"] = str(ref.path.resolve())
+    return cfg, loop
+
+
+def trainer_for(cfg: TrainConfig, loop: dict, storage: Path, callbacks: list | None = None):
+    """The ``TorchTrainer`` of a prepared run (also used by the grids, with Tune's callback)."""
+    import ray
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    cpus = cfg.cpus_per_worker
+    if cpus is None:
+        avail = int(ray.available_resources().get("CPU", 1))
+        cpus = 1 if cfg.gpu else max(1, avail // cfg.workers)
+    resources = {"CPU": cpus, **({"GPU": 1} if cfg.gpu else {})}
+    return TorchTrainer(
+        train_func_per_worker, train_loop_config=loop,
+        scaling_config=ScalingConfig(num_workers=cfg.workers, use_gpu=cfg.gpu, resources_per_worker=resources),
+        run_config=RunConfig(storage_path=str(storage.resolve()), name=CHECKPOINTS,
+                             checkpoint_config=CheckpointConfig(num_to_keep=2), failure_config=FailureConfig(max_failures=0),
+                             callbacks=callbacks or []))
+
+
+def run_training(cfg: TrainConfig, out: str | os.PathLike, resume: bool = False, address: str | None = None,
+                 on_epoch: Callable[[dict], None] | None = None, progress=None) -> RunResult:
+    """Train ``cfg`` as a Ray Train job into run folder ``out`` (``resume``: continue a stopped run)."""
+    out = Path(out)
+    if (out / CONFIG_FILE).exists() and not resume:
+        raise BenchError(f"--out {out} already holds a run; pass --resume to continue it or choose another folder")
+    if resume and not (out / CONFIG_FILE).exists():
+        raise BenchError(f"--resume: {out} holds no run to resume")
+    cfg, loop = prepare(cfg, address, progress)
+    if resume:
+        _compare_for_resume(yaml.safe_load((out / CONFIG_FILE).read_text()), cfg, out)
+    out.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out / CONFIG_FILE) as tmp:
+        tmp.write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+
+    from ray.util.queue import Empty, Queue
+
+    queue = Queue(actor_options={"num_cpus": 0})
+    trainer = trainer_for(cfg, loop, out, callbacks=[_progress_callback(queue)])
+    box: dict = {}
+
+    def fit() -> None:
+        try:
+            box["result"] = trainer.fit()
+        except BaseException as e:  # surfaced on the driver thread below
+            box["error"] = e
+
+    t0 = time.perf_counter()
+    thread = threading.Thread(target=fit, daemon=True)
+    thread.start()
+    while thread.is_alive() or not queue.empty():
+        try:
+            m = queue.get(timeout=0.5)
+        except Empty:
+            continue
+        if on_epoch:
+            on_epoch(m)
+    thread.join()
+    queue.shutdown()
+    wall = time.perf_counter() - t0
+    if "error" in box:
+        raise BenchError(f"training failed: {_first_line(box['error'])}")
+    result = box["result"]
+    if result.error is not None:
+        raise BenchError(f"training failed: {_first_line(result.error)}")
+    return finish(out, cfg, result, wall)
+
+
+def _first_line(e: BaseException) -> str:
+    cause = e
+    while getattr(cause, "__cause__", None) is not None:
+        cause = cause.__cause__
+    text = str(cause).strip().splitlines()
+    msg = next((line for line in reversed(text) if line.strip()), type(cause).__name__) if text else type(cause).__name__
+    return msg[:300]
+
+
+def tidy_metrics(history: list[dict]) -> pd.DataFrame:
+    df = pd.DataFrame(history)
+    cols = [c for c in _METRIC_ORDER if c in df] + [c for c in df if c not in _METRIC_ORDER]
+    return df[cols]
+
+
+def summarize(cfg: TrainConfig, metrics: pd.DataFrame) -> dict:
+    """Final epoch, and the epoch the validation ``select_metric`` picks (hyper-parameters chosen on val)."""
+    final = int(metrics["epoch"].max())
+    out = {"task": cfg.task, "final_epoch": final, "final": {}, "selected_epoch": None, "selected": {},
+           "positive_class": "covid (label 1)"}
+    for split, g in metrics.groupby("split"):
+        last = g[g["epoch"] == final].drop(columns=["epoch", "split"]).dropna(axis=1)
+        if len(last):
+            out["final"][split] = {k: float(v) for k, v in last.iloc[0].items()}
+    val = metrics[metrics["split"] == "val"]
+    key = cfg.select_metric if cfg.select_metric in val else next((c for c in ("auc", "dice", "linear_acc") if c in val), None)
+    if key is not None and len(val) and val[key].notna().any():
+        best = int(val.loc[val[key].idxmax(), "epoch"])
+        out["selected_epoch"], out["select_metric"] = best, key
+        for split, g in metrics[metrics["epoch"] == best].groupby("split"):
+            out["selected"][split] = {k: float(v) for k, v in g.drop(columns=["epoch", "split"]).dropna(axis=1).iloc[0].items()}
+    return out
+
+
+def _no_nan(x):
+    if isinstance(x, dict):
+        return {k: _no_nan(v) for k, v in x.items()}
+    if isinstance(x, float) and math.isnan(x):
+        return None
+    return x
+
+
+def finish(out: Path, cfg: TrainConfig, result, wall_s: float) -> RunResult:
+    rv = result.return_value or {}
+    metrics = tidy_metrics(rv.get("history", []))
+    preds = pd.DataFrame(rv.get("predictions", {}))
+    with atomic_path(out / "metrics.parquet") as tmp:
+        metrics.to_parquet(tmp, index=False)
+    with atomic_path(out / "predictions.parquet") as tmp:
+        preds.to_parquet(tmp, index=False)
+    state = torch.load(Path(result.checkpoint.path) / STATE_FILE, map_location="cpu", weights_only=True)
+    meta = {"task": cfg.task, "backbone": cfg.backbone, "in_chans": cfg.in_chans, "image_size": cfg.image_size,
+            "mask_mode": cfg.mask_mode, "epoch": int(state["epoch"]), "unet_base": cfg.unet_base}
+    with atomic_path(out / "model.pt") as tmp:
+        torch.save({"state_dict": state["model"], "meta": meta}, tmp)
+    if cfg.task == "cssl":
+        enc = {k[len("encoder_q."):]: v for k, v in state["model"].items() if k.startswith("encoder_q.")}
+        with atomic_path(out / "backbone.pt") as tmp:
+            torch.save({"state_dict": enc, "meta": {"backbone": cfg.backbone, "in_chans": 3}}, tmp)
+    summary = summarize(cfg, metrics)
+    summary["wall_s"] = round(wall_s, 2)
+    train = metrics[metrics["split"] == "train"]
+    if "images_per_s" in train and len(train):
+        summary["train_images_per_s"] = float(np.nanmedian(train["images_per_s"]))
+    with atomic_path(out / "summary.json") as tmp:
+        tmp.write_text(json.dumps(_no_nan(summary), indent=2))
+    return RunResult(out, cfg, metrics, preds, summary)
+
+
+def load_model_file(path: str | os.PathLike) -> tuple[dict, dict]:
+    """(state_dict, meta) of a run's ``model.pt`` (or a run folder), refusing foreign pickles."""
+    from covidct_bench.models.backbones import load_state_file
+
+    path = Path(path)
+    if path.is_dir():
+        path = path / "model.pt"
+    blob = load_state_file(path, what="--run")
+    if not isinstance(blob, dict) or "state_dict" not in blob or "meta" not in blob:
+        raise BenchError(f"--run: {path} is not a covidct-bench model file")
+    return blob["state_dict"], blob["meta"]
