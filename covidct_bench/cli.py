@@ -53,6 +53,8 @@ data_app = App(help="Datasets: fetch, synthesise, audit, cache.", no_args_is_hel
 app.add_typer(data_app, name="data")
 ingest_app = App(help="Ingest: paper PDFs -> figures -> labelled CT panels (Ray Data), review.", no_args_is_help=True)
 app.add_typer(ingest_app, name="ingest")
+train_app = App(help="Train on Ray Train: classify, multitask, segment (lung U-Net), cssl (MoCo v2).", no_args_is_help=True)
+app.add_typer(train_app, name="train")
 
 RootOpt = typer.Option(None, "--root", help="Datasets folder (default: $COVIDCT_BENCH_ROOT or ./datasets).")
 
@@ -262,6 +264,134 @@ def ingest_score_captions(
     if not csv.is_file():
         raise BenchError(f"{csv}: not found")
     typer.echo(json.dumps(score_metadata(csv), indent=1))
+
+
+@data_app.command("lung-masks")
+def data_lung_masks(
+    name: str = typer.Argument(..., help="Dataset name, or a folder holding manifest.parquet."),
+    root: Optional[Path] = RootOpt,
+    method: str = typer.Option("classical", "--method", help="classical (scikit-image) or unet (needs --run)."),
+    run: Optional[Path] = typer.Option(None, "--run", help="A `train segment` run folder (for --method unet)."),
+    set_name: Optional[str] = typer.Option(None, "--set", help="Mask-set name (default: the method)."),
+) -> None:
+    """Make lung masks for every image of a manifest, as a named mask set (--lung-masks SET when training)."""
+    from covidct_bench.data import load_manifest
+    from covidct_bench.data.images import load_mask
+    from covidct_bench.data.lung_masks import classical_masks, write_mask_set
+    from covidct_bench.data.manifest import absolute
+    from covidct_bench.metrics import dice_iou
+
+    df = load_manifest(name, root)
+    if method == "classical":
+        masks, meta = classical_masks(df), {"method": "classical"}
+    elif method == "unet":
+        if run is None:
+            raise BenchError("--method unet needs --run RUN_DIR (a `train segment` run)")
+        from covidct_bench.train.predict import unet_lung_masks
+
+        masks, meta = unet_lung_masks(df, run), {"method": "unet", "run": str(run.resolve())}
+    else:
+        raise BenchError(f"--method: {method!r} is not classical or unet")
+    set_name = set_name or method
+    dice = []
+    own = df["lung_mask_path"] if "lung_mask_path" in df else None
+
+    def scored(it):
+        for i, m in enumerate(it):
+            if own is not None and isinstance(own.iloc[i], str):
+                t = load_mask(absolute(df, "lung_mask_path").iloc[i], own.iloc[i]) > 0
+                if t.shape == m.shape:
+                    dice.append(float(dice_iou(m[None], t[None])[0][0]))
+            yield m
+
+    with _progress() as progress:
+        task = progress.add_task(f"lung masks ({method})", total=len(df))
+        out = write_mask_set(df, set_name, scored(masks), meta, progress=lambda n: progress.advance(task, n))
+    console.print(f"[green]mask set[/] {set_name!r}: {len(df)} masks in {out}")
+    if dice:
+        console.print(f"Dice against the manifest's own lung masks: mean {sum(dice) / len(dice):.3f} over {len(dice)} images")
+
+
+def _epoch_table(rows: list[dict], epochs: int) -> Table:
+    keys = ["train/loss", "train/images_per_s"]
+    for split in ("val", "test"):
+        for m in ("accuracy", "f1", "auc", "lesion_dice", "dice", "true_dice", "knn_acc", "linear_acc"):
+            if any(f"{split}/{m}" in r for r in rows):
+                keys.append(f"{split}/{m}")
+    table = Table(title=f"epochs ({len(rows)}/{epochs})", show_lines=False)
+    table.add_column("epoch", justify="right")
+    for k in keys:
+        label = k.replace("train/", "").replace("images_per_s", "img/s").replace("accuracy", "acc").replace("true_dice", "true dice")
+        table.add_column(label.replace("/", " "), justify="right")
+    for r in rows:
+        table.add_row(str(int(r["epoch"])), *[(f"{r[k]:.3f}" if k in r and r[k] == r[k] else "-") for k in keys])
+    return table
+
+
+def _train(task: str, config: Optional[Path], overrides: dict, out: Optional[Path], resume: bool, address: Optional[str]) -> None:
+    import datetime as _dt
+
+    from rich.live import Live
+
+    from covidct_bench.train.config import load_config
+    from covidct_bench.train.runner import run_training
+
+    cfg = load_config(config, {**overrides, "task": task})
+    if out is None:
+        out = Path("runs") / f"{task}-{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    rows: list[dict] = []
+    with _progress() as progress:
+        with Live(_epoch_table(rows, cfg.epochs), console=console, refresh_per_second=2, transient=False) as live:
+            def on_epoch(m: dict) -> None:
+                rows.append(m)
+                live.update(_epoch_table(rows, cfg.epochs))
+
+            result = run_training(cfg, out, resume=resume, address=address, on_epoch=on_epoch, progress=progress)
+    s = result.summary
+    sel = s.get("selected_epoch")
+    console.print(f"[green]run[/] {result.path}: {len(result.metrics['epoch'].unique())} epochs in {s['wall_s']:.0f} s "
+                  f"({s.get('train_images_per_s', float('nan')):.1f} train img/s); validation picks epoch {sel} "
+                  f"by {s.get('select_metric', '-')}")
+    test = s.get("selected", {}).get("test", {})
+    if test:
+        console.print("test at that epoch: " + ", ".join(f"{k} {v:.3f}" for k, v in test.items() if k != "threshold"))
+
+
+def _make_train_command(task: str, doc: str) -> None:
+    @train_app.command(task, help=doc)
+    def command(
+        config: Optional[Path] = typer.Option(None, "--config", help="YAML/JSON TrainConfig; flags override it."),
+        dataset: Optional[str] = typer.Option(None, "--dataset", help="Dataset name or manifest folder (default synthetic)."),
+        root: Optional[Path] = RootOpt,
+        backbone: Optional[str] = typer.Option(None, "--backbone", help="torchvision model name (default densenet169)."),
+        image_size: Optional[int] = typer.Option(None, "--image-size", help="Square input size (task default)."),
+        epochs: Optional[int] = typer.Option(None, "--epochs"),
+        batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Global batch (split over workers)."),
+        lr: Optional[float] = typer.Option(None, "--lr"),
+        init: Optional[str] = typer.Option(None, "--init", help="random | imagenet | cssl:RUN_DIR (default imagenet)."),
+        weights: Optional[Path] = typer.Option(None, "--weights", help="Offline ImageNet state dict for --init imagenet."),
+        mask_mode: Optional[str] = typer.Option(None, "--mask-mode", help="none | channel | multiply (lung mask)."),
+        lung_masks: Optional[str] = typer.Option(None, "--lung-masks", help="Lung mask set: manifest, classical, unet, ..."),
+        workers: Optional[int] = typer.Option(None, "--workers", help="Ray Train workers (DDP)."),
+        gpu: Optional[bool] = typer.Option(None, "--gpu/--cpu", help="One GPU per worker."),
+        seed: Optional[int] = typer.Option(None, "--seed"),
+        loader_workers: Optional[int] = typer.Option(None, "--loader-workers", help="DataLoader processes per worker."),
+        out: Optional[Path] = typer.Option(None, "--out", help="Run folder (default runs/<task>-<time>)."),
+        resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
+        address: Optional[str] = typer.Option(None, "--address", help="Ray cluster address (default: local / $RAY_ADDRESS)."),
+    ) -> None:
+        overrides = {"dataset": dataset, "root": str(root) if root else None, "backbone": backbone, "image_size": image_size,
+                     "epochs": epochs, "batch_size": batch_size, "lr": lr, "init": init,
+                     "weights": str(weights) if weights else None, "mask_mode": mask_mode, "lung_masks": lung_masks,
+                     "workers": workers, "gpu": gpu, "seed": seed, "loader_workers": loader_workers}
+        _train(task, config, overrides, out, resume, address)
+
+
+for _task, _doc in (("classify", "COVID vs non-COVID classifier (paper: DenseNet-169, 480 px, Adam 1e-4, batch 16)."),
+                    ("multitask", "Classifier + ASPP lesion-segmentation head; the predicted lesion mask feeds the classifier."),
+                    ("segment", "Residual U-Net lung segmenter (trains on a lung mask set, e.g. classical)."),
+                    ("cssl", "MoCo v2 self-supervised pretraining (queue 512, SGD 0.015); fine-tune with --init cssl:RUN.")):
+    _make_train_command(_task, _doc)
 
 
 def main() -> None:

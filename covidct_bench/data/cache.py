@@ -44,12 +44,16 @@ def fingerprint(df: pd.DataFrame, size: int) -> str:
 
 
 def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
-    """Connect to ``address`` / $RAY_ADDRESS, or start a local Ray; keeps Ray's INFO logs out of the terminal."""
+    """Connect to ``address`` / $RAY_ADDRESS, or start a local Ray; keeps Ray's INFO logs out of the terminal
+    (Ray Data still writes them to its log file in the session folder)."""
     import logging
 
     import ray
+    import ray.data  # configures the 'ray.data' logger; quieten its console handler afterwards
 
-    logging.getLogger("ray.data").setLevel(logging.WARNING)
+    for handler in logging.getLogger("ray.data").handlers:
+        if not isinstance(handler, logging.FileHandler):
+            handler.setLevel(logging.WARNING)
     if not ray.is_initialized():
         address = address or os.environ.get("RAY_ADDRESS")
         kw = {"address": address} if address else {"num_cpus": num_cpus, "include_dashboard": False}

@@ -38,20 +38,21 @@ _SET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 def classical_lung_mask(img: np.ndarray, min_area: float = 0.005, closing: float = 0.03) -> np.ndarray:
     """Boolean lung mask of a grey axial CT slice (uint8, lung window: lungs dark, body bright)."""
-    g = filters.gaussian(img.astype(np.float32) / 255.0, sigma=max(1.0, img.shape[0] / 256))
+    g = filters.gaussian(img.astype(np.float32) / 255.0, sigma=max(0.5, img.shape[0] / 256))
     if g.max() - g.min() < 1e-3:
         return np.zeros(img.shape, bool)
     dark = g < filters.threshold_otsu(g)
     inner = segmentation.clear_border(dark)
     if inner.sum() < min_area * img.size:  # lungs cut by the image border (tight paper crops)
         body = ndi.binary_fill_holes(~dark)
-        inner = dark & morphology.binary_erosion(body, morphology.disk(2)) if body.any() else dark
+        inner = dark & ndi.binary_erosion(body, morphology.disk(2)) if body.any() else dark
+    # close first: vessels and lesions split a lung into pieces, more so at low resolution
+    radius = max(1, round(img.shape[0] * closing))
+    inner = ndi.binary_closing(np.pad(inner, radius), morphology.disk(radius))[radius:-radius, radius:-radius]
     lab = measure.label(inner)
     regions = sorted((r for r in measure.regionprops(lab) if r.area >= min_area * img.size),
                      key=lambda r: r.area, reverse=True)[:2]
     mask = np.isin(lab, [r.label for r in regions])
-    radius = max(1, round(img.shape[0] * closing))
-    mask = ndi.binary_closing(np.pad(mask, radius), morphology.disk(radius))[radius:-radius, radius:-radius]
     return ndi.binary_fill_holes(mask)
 
 

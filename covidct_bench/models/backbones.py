@@ -80,7 +80,7 @@ def load_state_file(path: str | os.PathLike, what: str = "--weights") -> dict:
         raise BenchError(f"{what}: cannot load {path}: {reason}") from None
 
 
-_DENSENET_OLD_KEY = re.compile(r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var))$")
+_DENSENET_OLD_KEY = re.compile(r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var|num_batches_tracked))$")
 
 
 def _rename_legacy_keys(state: dict) -> dict:
