@@ -82,17 +82,18 @@ def prepare(cfg: TrainConfig, address: str | None = None, progress=None) -> tupl
     """Resolve defaults, validate against the manifest and build the cache(s): (config, loop config)."""
     cfg = cfg.resolved()
     task = get_task(cfg)
-    df = with_lung_masks(load_manifest(cfg.dataset, cfg.root), cfg.lung_masks)
+    manifest = load_manifest(cfg.dataset, cfg.root)
+    df = with_lung_masks(manifest, cfg.lung_masks)
     task.validate(df)
     init_ray(address)
     size = int(cfg.image_size)
     root = Path(df.attrs.get("root", "."))
     cache = build_cache(df, size=size, out=root / "cache" / f"{size}-{cfg.lung_masks}", address=address, progress=progress)
     loop = {"cfg": cfg.model_dump(mode="json"), "cache": str(cache.path.resolve()), "ref_cache": None}
-    has_own = "lung_mask_path" in df and load_manifest(cfg.dataset, cfg.root)["lung_mask_path"].notna().any()
-    if cfg.task == "segment" and cfg.lung_masks != MANIFEST_MASKS and has_own:
-        ref = build_cache(load_manifest(cfg.dataset, cfg.root), size=size, out=root / "cache" / f"{size}-{MANIFEST_MASKS}",
-                          address=address, progress=progress)
+    has_own = "lung_mask_path" in manifest and manifest["lung_mask_path"].notna().any()
+    if cfg.task == "segment" and cfg.lung_masks != MANIFEST_MASKS and has_own:  # also score against the true masks
+        ref = build_cache(manifest, size=size, out=root / "cache" / f"{size}-{MANIFEST_MASKS}", address=address,
+                          progress=progress)
         loop["ref_cache"] = str(ref.path.resolve())
     return cfg, loop
 

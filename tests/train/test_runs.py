@@ -141,3 +141,17 @@ def test_bad_inputs_are_one_line_errors(synthetic_root, covid_ct_source, tmp_pat
         assert message in res.output, (args, res.output)
         assert len(res.output.strip().splitlines()) == 1, res.output
     assert not (tmp_path / "never").exists()
+
+
+def test_two_workers_ddp_score_every_image_once(synthetic_root, ray_local, tmp_path):
+    """DDP on 2 CPU workers: distributed sampler, MoCo's cross-worker key gather / shuffled BN, and the
+    evaluation gather (each image scored exactly once, none padded in)."""
+    moco = {"queue": 16, "hidden": 32, "dim": 8, "knn_k": 3}
+    r = run_training(tiny(synthetic_root, task="cssl", epochs=1, workers=2, cpus_per_worker=1, moco=moco), tmp_path / "ddp")
+    from covidct_bench.data import load_manifest
+
+    df = load_manifest("synthetic", synthetic_root)
+    for split in ("val", "test"):
+        got = r.predictions.loc[r.predictions["split"] == split, "image_id"]
+        assert sorted(got) == sorted(df.loc[df["split"] == split, "image_id"])
+    assert r.metrics.set_index("split").loc["train", "loss"] > 0
