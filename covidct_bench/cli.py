@@ -340,13 +340,21 @@ def _train(task: str, config: Optional[Path], overrides: dict, out: Optional[Pat
     if out is None:
         out = Path("runs") / f"{task}-{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
     rows: list[dict] = []
-    with _progress() as progress:
-        with Live(_epoch_table(rows, cfg.epochs), console=console, refresh_per_second=2, transient=False) as live:
-            def on_epoch(m: dict) -> None:
-                rows.append(m)
-                live.update(_epoch_table(rows, cfg.epochs))
+    live: list[Live] = []  # started with the first epoch, so an early error prints one line only
 
+    def on_epoch(m: dict) -> None:
+        rows.append(m)
+        if not live:
+            live.append(Live(console=console, refresh_per_second=2, transient=False))
+            live[0].start()
+        live[0].update(_epoch_table(rows, cfg.epochs))
+
+    try:
+        with _progress() as progress:
             result = run_training(cfg, out, resume=resume, address=address, on_epoch=on_epoch, progress=progress)
+    finally:
+        if live:
+            live[0].stop()
     s = result.summary
     sel = s.get("selected_epoch")
     console.print(f"[green]run[/] {result.path}: {len(result.metrics['epoch'].unique())} epochs in {s['wall_s']:.0f} s "

@@ -16,6 +16,8 @@ anything but tensors is refused with a one-line error naming the file.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import re
 from dataclasses import dataclass
@@ -113,7 +115,8 @@ def imagenet_state(name: str) -> dict:
         raise BenchError(f"--init imagenet: torchvision publishes no weights for {name!r}") from None
     cached = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(urlparse(weights.url).path)
     try:
-        return weights.get_state_dict(progress=False, check_hash=not cached.is_file(), weights_only=True)
+        with contextlib.redirect_stderr(io.StringIO()):  # torch.hub prints "Downloading: ..." even without progress
+            return weights.get_state_dict(progress=False, check_hash=not cached.is_file(), weights_only=True)
     except (OSError, RuntimeError) as e:  # URLError is an OSError: offline machine, no cache
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise BenchError(f"--init imagenet: {name} weights are not in the torch hub cache ({cached}) and the "

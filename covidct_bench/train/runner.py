@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import threading
 import time
 from dataclasses import dataclass, field
@@ -78,13 +79,31 @@ def _compare_for_resume(saved: dict, cfg: TrainConfig, out: Path) -> None:
                          "settings (only --epochs and the resources may change) or choose another --out")
 
 
+def _absolute_paths(cfg: TrainConfig) -> TrainConfig:
+    """Ray workers do not share the driver's working directory: pass them absolute paths."""
+    update = {}
+    if cfg.init.startswith("cssl:"):
+        update["init"] = f"cssl:{Path(cfg.init[5:]).expanduser().resolve()}"
+    if cfg.weights:
+        update["weights"] = str(Path(cfg.weights).expanduser().resolve())
+    if cfg.root:
+        update["root"] = str(Path(cfg.root).expanduser().resolve())
+    return cfg.model_copy(update=update)
+
+
+def _has_run(out: Path) -> bool:
+    """A folder holds a run once its first checkpoint exists (a run that failed earlier is replaced)."""
+    return (out / CONFIG_FILE).exists() and any((out / CHECKPOINTS).glob("checkpoint_*"))
+
+
 def prepare(cfg: TrainConfig, address: str | None = None, progress=None) -> tuple[TrainConfig, dict]:
     """Resolve defaults, validate against the manifest and build the cache(s): (config, loop config)."""
-    cfg = cfg.resolved()
+    cfg = _absolute_paths(cfg.resolved())
     task = get_task(cfg)
     manifest = load_manifest(cfg.dataset, cfg.root)
     df = with_lung_masks(manifest, cfg.lung_masks)
     task.validate(df)
+    task.build_model()  # bad --init / --weights fail here, in one line, before Ray starts
     init_ray(address)
     size = int(cfg.image_size)
     root = Path(df.attrs.get("root", "."))
@@ -121,13 +140,15 @@ def run_training(cfg: TrainConfig, out: str | os.PathLike, resume: bool = False,
                  on_epoch: Callable[[dict], None] | None = None, progress=None) -> RunResult:
     """Train ``cfg`` as a Ray Train job into run folder ``out`` (``resume``: continue a stopped run)."""
     out = Path(out)
-    if (out / CONFIG_FILE).exists() and not resume:
+    if _has_run(out) and not resume:
         raise BenchError(f"--out {out} already holds a run; pass --resume to continue it or choose another folder")
-    if resume and not (out / CONFIG_FILE).exists():
+    if resume and not _has_run(out):
         raise BenchError(f"--resume: {out} holds no run to resume")
     cfg, loop = prepare(cfg, address, progress)
     if resume:
         _compare_for_resume(yaml.safe_load((out / CONFIG_FILE).read_text()), cfg, out)
+    else:
+        shutil.rmtree(out / CHECKPOINTS, ignore_errors=True)  # leftovers of a run that failed before epoch 1
     out.mkdir(parents=True, exist_ok=True)
     with atomic_path(out / CONFIG_FILE) as tmp:
         tmp.write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))

@@ -103,7 +103,7 @@ def test_lung_masks_unet_and_its_predictions_as_a_mask_set(synthetic_root, ray_l
     assert res.exit_code == 1 and "nothing does not exist" in res.output and "lung masks" not in res.output
 
 
-def test_cssl_then_fine_tune_from_it(synthetic_root, ray_local, tmp_path):
+def test_cssl_then_fine_tune_from_it(synthetic_root, ray_local, tmp_path, monkeypatch):
     moco = {"queue": 16, "hidden": 32, "dim": 8, "knn_k": 3}
     r = run_training(tiny(synthetic_root, task="cssl", epochs=1, moco=moco), tmp_path / "cssl")
     m = r.metrics.set_index("split")
@@ -111,7 +111,8 @@ def test_cssl_then_fine_tune_from_it(synthetic_root, ray_local, tmp_path):
     assert "instance_acc" in m.columns
     enc = torch.load(r.path / "backbone.pt", weights_only=True)
     assert enc["meta"] == {"backbone": "resnet18", "in_chans": 3}
-    ft = run_training(tiny(synthetic_root, epochs=1, init=f"cssl:{r.path}", lr=1e-12, mask_mode="channel"), tmp_path / "ft")
+    monkeypatch.chdir(tmp_path)  # a relative cssl:PATH is the driver's, not the Ray worker's, working directory
+    ft = run_training(tiny(synthetic_root, epochs=1, init="cssl:cssl", lr=1e-12, mask_mode="channel"), "ft")
     # lr ~0: the fine-tuned trunk is exactly the CSSL encoder
     w = torch.load(ft.path / "model.pt", weights_only=True)["state_dict"]
     torch.testing.assert_close(w["layer2.0.conv1.weight"], enc["state_dict"]["layer2.0.conv1.weight"])
