@@ -61,11 +61,11 @@ def plain_loop(cfg, cache_path: str, epochs: int, device: torch.device) -> list[
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dataset", help="dataset folder with manifest.parquet (default: generate phantoms)")
-    ap.add_argument("--n", type=int, default=160, help="phantoms to generate (train split ~60%%)")
+    ap.add_argument("--n", type=int, default=320, help="phantoms to generate (train split ~60%%)")
     ap.add_argument("--backbone", default="resnet18")
     ap.add_argument("--image-size", type=int, default=128)
     ap.add_argument("--batch-size", type=int, default=16)
-    ap.add_argument("--epochs", type=int, default=4)
+    ap.add_argument("--epochs", type=int, default=6)
     ap.add_argument("--loader-workers", type=int, default=0)
     ap.add_argument("--gpu", action="store_true")
     ap.add_argument("--plain-only", action="store_true", help="measure the plain loop only (no Ray)")

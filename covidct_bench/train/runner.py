@@ -170,7 +170,7 @@ def run_training(cfg: TrainConfig, out: str | os.PathLike, resume: bool = False,
     thread.start()
     while thread.is_alive() or not queue.empty():
         try:
-            m = queue.get(timeout=0.5)
+            m = queue.get(timeout=2.0)  # blocks in the queue actor; a slow poll keeps the driver off the CPU
         except Empty:
             continue
         if on_epoch:
