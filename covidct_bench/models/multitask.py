@@ -37,6 +37,3 @@ class MultiTaskNet(nn.Module):
         logit = self.classifier(torch.cat([gap, att, stats], dim=1)).squeeze(1)
         lesion = F.interpolate(lesion_logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
         return {"logit": logit, "lesion_logits": lesion}
-
-
-

@@ -197,7 +197,7 @@ def train_func_per_worker(config: dict):
         if hasattr(loader, "sampler") and hasattr(loader.sampler, "set_epoch"):
             loader.sampler.set_epoch(epoch)
         model.train()
-        t0, seen, total, extra = time.perf_counter(), 0, 0.0, {}
+        t0, seen, total, extra = time.perf_counter(), 0, torch.zeros((), device=device), {}
         for batch in loader:
             b = to_device(batch, device, channels_last)
             with autocast():
@@ -207,9 +207,9 @@ def train_func_per_worker(config: dict):
             opt.step()
             n = len(batch["index"])
             seen += n
-            total += float(loss.detach()) * n
+            total += loss.detach().float() * n  # summed on the device: no host sync per step on GPU
             for k, v in logs.items():
-                extra[k] = extra.get(k, 0.0) + float(v) * n
+                extra[k] = extra.get(k, 0.0) + v.float() * n
         if cuda:
             torch.cuda.synchronize()
         train_s = time.perf_counter() - t0
@@ -217,9 +217,9 @@ def train_func_per_worker(config: dict):
         sched.step()
 
         seen_all = sum(_gather(seen))
-        row = {"epoch": epoch, "split": "train", "loss": total / max(seen, 1), "lr": lr,
+        row = {"epoch": epoch, "split": "train", "loss": float(total) / max(seen, 1), "lr": lr,
                "images_per_s": seen_all / train_s if train_s > 0 else float("nan"), "train_s": train_s,
-               **{k: v / max(seen, 1) for k, v in extra.items()}}
+               **{k: float(v) / max(seen, 1) for k, v in extra.items()}}
         metrics = {f"train/{k}": v for k, v in row.items() if k not in ("epoch", "split")}
         rows = [row]
         if (epoch + 1) % cfg.eval_every == 0 or epoch == cfg.epochs - 1:
