@@ -218,7 +218,8 @@ class Segment(Task):
         out = {"score": pred.reshape(len(pred), -1).mean(1), "dice": dice, "iou": iou}
         if "ref_mask" in batch:
             tdice, tiou = dice_iou(pred, batch["ref_mask"].cpu().numpy() > 0)
-            out.update(true_dice=np.where(batch["has_ref_mask"].cpu().numpy(), tdice, np.nan), true_iou=tiou)
+            has = batch["has_ref_mask"].cpu().numpy()
+            out.update(true_dice=np.where(has, tdice, np.nan), true_iou=np.where(has, tiou, np.nan))
         return out
 
     def evaluate(self, out, index):
