@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from covidct_bench import __version__
-from covidct_bench.errors import BenchError
+from covidct_bench.errors import BenchError, first_invalid
 
 console = Console()
 err_console = Console(stderr=True)
@@ -34,9 +34,8 @@ class App(typer.Typer):
                     err_console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
                     raise typer.Exit(1) from None
                 except ValidationError as e:
-                    first = e.errors()[0]
-                    key = ".".join(str(x) for x in first["loc"]) or "value"
-                    err_console.print(f"[bold red]error:[/] {key}: {first['msg']}", highlight=False, soft_wrap=True)
+                    key, msg = first_invalid(e)
+                    err_console.print(f"[bold red]error:[/] {key or 'value'}: {msg}", highlight=False, soft_wrap=True)
                     raise typer.Exit(1) from None
                 except KeyboardInterrupt:
                     err_console.print("[yellow]interrupted[/]; nothing half-written was kept")
@@ -294,12 +293,13 @@ def data_lung_masks(
         raise BenchError(f"--method: {method!r} is not classical or unet")
     set_name = set_name or method
     dice = []
-    own = df["lung_mask_path"] if "lung_mask_path" in df else None
+    own = list(df["lung_mask_path"]) if "lung_mask_path" in df else None
+    own_abs = list(absolute(df, "lung_mask_path")) if own is not None else None
 
     def scored(it):
         for i, m in enumerate(it):
-            if own is not None and isinstance(own.iloc[i], str):
-                t = load_mask(absolute(df, "lung_mask_path").iloc[i], own.iloc[i]) > 0
+            if own is not None and isinstance(own[i], str):
+                t = load_mask(own_abs[i], own[i]) > 0
                 if t.shape == m.shape:
                     dice.append(float(dice_iou(m[None], t[None])[0][0]))
             yield m

@@ -7,3 +7,15 @@ class BenchError(Exception):
     def __init__(self, message: str):
         # Keep it to one line whatever the cause carried.
         super().__init__(" ".join(str(message).split()))
+
+
+def reason(e: BaseException) -> str:
+    """The first line of an exception's message (its type name when it has none), for one-line errors."""
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def first_invalid(e) -> tuple[str, str]:
+    """(dotted key path, message) of the first error of a pydantic ``ValidationError``."""
+    first = e.errors()[0]
+    return ".".join(str(x) for x in first["loc"]), first["msg"]

@@ -28,7 +28,7 @@ import torch
 import torchvision
 from torch import nn
 
-from covidct_bench.errors import BenchError
+from covidct_bench.errors import BenchError, reason
 from covidct_bench.registry import Registry
 
 
@@ -76,10 +76,10 @@ def load_state_file(path: str | os.PathLike, what: str = "--weights") -> dict:
     except ImportError:
         raise BenchError(f"{what}: {path}: reading .safetensors needs `pip install safetensors`") from None
     except Exception as e:  # UnpicklingError for foreign pickles, RuntimeError/EOFError for corrupt files
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        why = reason(e)
         if "weights_only" in str(e) or "Unsupported global" in str(e):
-            reason = "it holds pickled Python objects, not only tensors (refused: weights_only=True)"
-        raise BenchError(f"{what}: cannot load {path}: {reason}") from None
+            why = "it holds pickled Python objects, not only tensors (refused: weights_only=True)"
+        raise BenchError(f"{what}: cannot load {path}: {why}") from None
 
 
 _DENSENET_OLD_KEY = re.compile(r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var|num_batches_tracked))$")
@@ -100,7 +100,7 @@ def load_into(model: nn.Module, state: dict, source: str) -> None:
         missing, unexpected = model.load_state_dict(state, strict=False)
     except RuntimeError as e:
         shape = re.search(r"size mismatch for ([\w.]+)", str(e))
-        detail = f"shape mismatch at {shape.group(1)}" if shape else str(e).splitlines()[0]
+        detail = f"shape mismatch at {shape.group(1)}" if shape else reason(e)
         raise BenchError(f"{source}: does not fit the model ({detail})") from None
     if missing or unexpected:
         raise BenchError(f"{source}: does not fit the model ({len(missing)} missing keys, e.g. "
@@ -118,20 +118,25 @@ def imagenet_state(name: str) -> dict:
         with contextlib.redirect_stderr(io.StringIO()):  # torch.hub prints "Downloading: ..." even without progress
             return weights.get_state_dict(progress=False, check_hash=not cached.is_file(), weights_only=True)
     except (OSError, RuntimeError) as e:  # URLError is an OSError: offline machine, no cache
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise BenchError(f"--init imagenet: {name} weights are not in the torch hub cache ({cached}) and the "
-                         f"download from {weights.url} failed ({reason}); pass --weights FILE or --init random") from None
+                         f"download from {weights.url} failed ({reason(e)}); pass --weights FILE or --init random") from None
+
+
+def load_run_file(path: str | os.PathLike, filename: str, what: str, kind: str) -> tuple[dict, dict]:
+    """(state dict, metadata) of a run's ``{"state_dict", "meta"}`` file, given the file or its run folder."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / filename
+    blob = load_state_file(path, what=what)
+    if not isinstance(blob, dict) or "state_dict" not in blob:
+        raise BenchError(f"{what}: {path} is not {kind}")
+    return blob["state_dict"], blob.get("meta", {})
 
 
 def cssl_state(path: str | os.PathLike) -> tuple[dict, dict]:
     """(backbone state dict, metadata) of a CSSL run folder or its ``backbone.pt``."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / "backbone.pt"
-    blob = load_state_file(path, what="--init cssl")
-    if not isinstance(blob, dict) or "state_dict" not in blob:
-        raise BenchError(f"--init cssl: {path} is not a CSSL backbone (expected the backbone.pt of a `train cssl` run)")
-    return blob["state_dict"], blob.get("meta", {})
+    return load_run_file(path, "backbone.pt", "--init cssl",
+                         "a CSSL backbone (expected the backbone.pt of a `train cssl` run)")
 
 
 # -- surgery ---------------------------------------------------------------------------------------------
@@ -225,7 +230,7 @@ def check_input_size(name: str, size: int, in_chans: int = 3) -> None:
         with torch.no_grad():
             model(torch.zeros(2, in_chans, size, size))
     except Exception as e:
-        raise BenchError(f"--image-size {size} does not fit {name} ({str(e).splitlines()[0]})") from None
+        raise BenchError(f"--image-size {size} does not fit {name} ({reason(e)})") from None
 
 
 # -- spatial features (for the multi-task head) ---------------------------------------------------------

@@ -18,7 +18,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from covidct_bench.data.transforms import MocoAugment
-from covidct_bench.errors import BenchError
+from covidct_bench.errors import BenchError, first_invalid, reason
 from covidct_bench.metrics import THRESHOLD_RULES
 
 TaskName = Literal["classify", "multitask", "segment", "cssl"]
@@ -123,14 +123,13 @@ def load_config(path: str | Path | None, overrides: dict) -> TrainConfig:
             text = path.read_text()
             data = (json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)) or {}
         except (OSError, ValueError, yaml.YAMLError) as e:
-            raise BenchError(f"{path}: cannot read config ({str(e).splitlines()[0]})") from None
+            raise BenchError(f"{path}: cannot read config ({reason(e)})") from None
         if not isinstance(data, dict):
             raise BenchError(f"{path}: a config file holds a mapping of keys to values")
     data.update({k: v for k, v in overrides.items() if v is not None})
     try:
         return TrainConfig(**data)
     except ValidationError as e:
-        first = e.errors()[0]
-        key = ".".join(str(x) for x in first["loc"]) or "config"
+        key, msg = first_invalid(e)
         where = f"{path}: " if path is not None else ""
-        raise BenchError(f"{where}{key}: {first['msg']}") from None
+        raise BenchError(f"{where}{key or 'config'}: {msg}") from None

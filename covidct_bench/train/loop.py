@@ -33,9 +33,9 @@ STATE_FILE = "state.pt"
 class TaskDataset(Dataset):
     """Cached samples turned into a task's tensors (augmented for training)."""
 
-    def __init__(self, cache: str, split: str | None, task: Task, train: bool, rows: np.ndarray | None = None):
+    def __init__(self, cache: str, split: str | None, task: Task, train: bool, rank: int = 0, world: int = 1):
         self.base = CachedDataset(cache, split)
-        self.rows = np.arange(len(self.base)) if rows is None else rows
+        self.rows = np.arange(len(self.base))[rank::world]  # a disjoint slice per evaluating worker
         self.task, self.train = task, train
 
     def __len__(self) -> int:
@@ -120,8 +120,7 @@ def evaluate(task: Task, model: torch.nn.Module, cache: str, device, autocast, c
     model.eval()
     results = {}
     for split in task.eval_splits:
-        ds = TaskDataset(cache, split, task, train=False)
-        ds.rows = ds.rows[rank::world]
+        ds = TaskDataset(cache, split, task, train=False, rank=rank, world=world)
         parts: dict[str, list] = {}
         with torch.no_grad(), autocast():
             for batch in DataLoader(ds, batch_size=batch_size, shuffle=False):

@@ -257,12 +257,10 @@ def finish(out: Path, cfg: TrainConfig, result, wall_s: float) -> RunResult:
 
 def load_model_file(path: str | os.PathLike) -> tuple[dict, dict]:
     """(state_dict, meta) of a run's ``model.pt`` (or a run folder), refusing foreign pickles."""
-    from covidct_bench.models.backbones import load_state_file
+    from covidct_bench.models.backbones import load_run_file
 
-    path = Path(path)
-    if path.is_dir():
-        path = path / "model.pt"
-    blob = load_state_file(path, what="--run")
-    if not isinstance(blob, dict) or "state_dict" not in blob or "meta" not in blob:
+    state, meta = load_run_file(path, "model.pt", "--run", "a covidct-bench model file")
+    if not meta:
+        path = Path(path) / "model.pt" if Path(path).is_dir() else path
         raise BenchError(f"--run: {path} is not a covidct-bench model file")
-    return blob["state_dict"], blob["meta"]
+    return state, meta

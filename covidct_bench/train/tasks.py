@@ -70,6 +70,9 @@ class Task:
             raise BenchError(f"--mask-mode {self.cfg.mask_mode}: the manifest of {self.cfg.dataset!r} has no lung masks "
                              f"(lung mask set {self.cfg.lung_masks!r}); make them with "
                              f"`covidct-bench data lung-masks {self.cfg.dataset}` and pass --lung-masks classical")
+        self.check_splits(df)
+
+    def check_splits(self, df: pd.DataFrame) -> None:
         for split in ("train", *self.eval_splits):
             if not (df["split"] == split).any():
                 raise BenchError(f"--dataset {self.cfg.dataset}: no images in split {split!r}")
@@ -186,9 +189,7 @@ class Segment(Task):
             raise BenchError(f"--task segment: the training images of {self.cfg.dataset!r} have no lung masks "
                              f"(set {self.cfg.lung_masks!r}); make them with `covidct-bench data lung-masks "
                              f"{self.cfg.dataset}` and pass --lung-masks classical")
-        for split in ("train", *self.eval_splits):
-            if not (df["split"] == split).any():
-                raise BenchError(f"--dataset {self.cfg.dataset}: no images in split {split!r}")
+        self.check_splits(df)
 
     ref_cache: str | None = None  # set by the loop: a cache of the manifest's own lung masks, same rows
 

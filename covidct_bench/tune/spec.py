@@ -21,7 +21,7 @@ from typing import Any, Callable, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from covidct_bench.errors import BenchError
+from covidct_bench.errors import BenchError, first_invalid, reason
 from covidct_bench.registry import Registry
 from covidct_bench.train.config import TrainConfig
 
@@ -173,25 +173,20 @@ def config_hash(settings: dict[str, Any], seed: int) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def _where(path: Path, loc: tuple) -> str:
-    return f"{path}: {'.'.join(str(x) for x in loc) or 'spec'}"
-
-
 def load_spec(path: str | Path, preset: str | None = None) -> GridSpec:
     """Read and validate a spec; every cell's TrainConfig is built once so bad values fail here."""
     path = Path(path)
     try:
         data = yaml.safe_load(path.read_text())
     except (OSError, yaml.YAMLError) as e:
-        raise BenchError(f"{path}: cannot read grid spec ({str(e).splitlines()[0]})") from None
+        raise BenchError(f"{path}: cannot read grid spec ({reason(e)})") from None
     if not isinstance(data, dict):
         raise BenchError(f"{path}: a grid spec is a mapping of keys to values")
     try:
         spec = GridSpec(**data)
     except ValidationError as e:
-        first = e.errors()[0]
-        msg = first["msg"].removeprefix("Value error, ")
-        raise BenchError(f"{_where(path, first['loc'])}: {msg}") from None
+        key, msg = first_invalid(e)
+        raise BenchError(f"{path}: {key or 'spec'}: {msg.removeprefix('Value error, ')}") from None
     presets = [preset] if preset is not None else [None, *spec.presets]
     for p in presets:
         for cell in spec.cells():
@@ -199,8 +194,7 @@ def load_spec(path: str | Path, preset: str | None = None) -> GridSpec:
             try:
                 train_config(settings, spec.seeds[0])
             except ValidationError as e:
-                first = e.errors()[0]
-                where = "fixed" if first["loc"] and first["loc"][0] in spec.fixed else (f"presets.{p}" if p else "axes")
-                key = ".".join(str(x) for x in first["loc"])
-                raise BenchError(f"{path}: {where}.{key}: {first['msg']} (cell {cell or 'default'})") from None
+                key, msg = first_invalid(e)
+                where = "fixed" if key.split(".")[0] in spec.fixed else (f"presets.{p}" if p else "axes")
+                raise BenchError(f"{path}: {where}.{key}: {msg} (cell {cell or 'default'})") from None
     return spec
