@@ -54,6 +54,8 @@ ingest_app = App(help="Ingest: paper PDFs -> figures -> labelled CT panels (Ray 
 app.add_typer(ingest_app, name="ingest")
 train_app = App(help="Train on Ray Train: classify, multitask, segment (lung U-Net), cssl (MoCo v2).", no_args_is_help=True)
 app.add_typer(train_app, name="train")
+grid_app = App(help="Ablation grids (ablations/*.yaml) on Ray Tune + Optuna + Ray Train; results as Parquet.", no_args_is_help=True)
+app.add_typer(grid_app, name="grid")
 
 RootOpt = typer.Option(None, "--root", help="Datasets folder (default: $COVIDCT_BENCH_ROOT or ./datasets).")
 
@@ -400,6 +402,70 @@ for _task, _doc in (("classify", "COVID vs non-COVID classifier (paper: DenseNet
                     ("segment", "Residual U-Net lung segmenter (trains on a lung mask set, e.g. classical)."),
                     ("cssl", "MoCo v2 self-supervised pretraining (queue 512, SGD 0.015); fine-tune with --init cssl:RUN.")):
     _make_train_command(_task, _doc)
+
+
+SpecArg = typer.Argument(..., help="Grid spec (ablations/*.yaml).")
+PresetOpt = typer.Option(None, "--preset", help="Scale image size / epochs: a preset of the spec (smoke, cpu, paper).")
+ResultsOpt = typer.Option(Path("results"), "--results", help="Results folder (the grid writes results/<grid>/).")
+
+
+@grid_app.command("run")
+def grid_run(
+    spec: Path = SpecArg,
+    preset: Optional[str] = PresetOpt,
+    resume: bool = typer.Option(False, "--resume", help="Continue interrupted trials from their last checkpoint."),
+    force: bool = typer.Option(False, "--force", help="Rerun trials whose config hash already has a finished result."),
+    max_concurrent: Optional[int] = typer.Option(None, "--max-concurrent", min=1, help="At most K trials at once."),
+    address: Optional[str] = typer.Option(None, "--address", help="Ray cluster address (default: local / $RAY_ADDRESS)."),
+    results: Path = ResultsOpt,
+) -> None:
+    """Run a grid: [CSSL pretraining], [Optuna search per cell on validation], every cell x seed on test."""
+    from covidct_bench.tune.grid import run_grid
+
+    out = run_grid(spec, preset=preset, results=results, resume=resume, force=force, max_concurrent=max_concurrent,
+                   address=address, console=console)
+    table = grid_status_table(spec, preset, results)
+    console.print(table)
+    if out.failed:
+        raise BenchError(f"{len(out.failed)} trial(s) failed, first: {out.failed[0]} (rows kept in {out.grid_dir}/rows; "
+                         "rerun the same command to retry them)")
+    console.print(f"[green]grid done[/]: {out.ran} trial(s) ran, {out.skipped} already finished; results in {out.grid_dir}")
+
+
+def grid_status_table(spec: Path, preset: Optional[str], results: Path) -> Table:
+    from covidct_bench.tune.grid import grid_status
+
+    from covidct_bench.tune.spec import load_spec
+
+    df = grid_status(spec, preset, results)
+    counts = df.groupby(["phase", "status"], sort=False).size()
+    table = Table(title=f"grid {load_spec(spec, preset).name}: trials by phase and status", show_edge=False)
+    for col in ("phase", "status", "trials"):
+        table.add_column(col)
+    for (phase, status), n in counts.items():
+        table.add_row(phase, status, str(n))
+    return table
+
+
+@grid_app.command("status")
+def grid_status_cmd(
+    spec: Path = SpecArg,
+    preset: Optional[str] = PresetOpt,
+    results: Path = ResultsOpt,
+    show_all: bool = typer.Option(False, "--all", help="One line per trial."),
+) -> None:
+    """Cells done / running / failed / interrupted / pending, from the results dataset."""
+    from covidct_bench.tune.grid import grid_status
+
+    console.print(grid_status_table(spec, preset, results))
+    if show_all:
+        df = grid_status(spec, preset, results)
+        table = Table(show_edge=False)
+        for col in df.columns:
+            table.add_column(col)
+        for row in df.itertuples(index=False):
+            table.add_row(*map(str, row))
+        console.print(table)
 
 
 def main() -> None:

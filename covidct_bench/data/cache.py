@@ -43,7 +43,7 @@ def fingerprint(df: pd.DataFrame, size: int) -> str:
     return h.hexdigest()[:16]
 
 
-def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
+def init_ray(address: str | None = None, num_cpus: int | None = None, resources: dict | None = None) -> None:
     """Connect to ``address`` / $RAY_ADDRESS, or start a local Ray; keeps Ray's INFO logs out of the terminal
     (Ray Data still writes them to its log file in the session folder)."""
     import logging
@@ -56,7 +56,7 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
             handler.setLevel(logging.WARNING)
     if not ray.is_initialized():
         address = address or os.environ.get("RAY_ADDRESS")
-        kw = {"address": address} if address else {"num_cpus": num_cpus, "include_dashboard": False}
+        kw = {"address": address} if address else {"num_cpus": num_cpus, "include_dashboard": False, "resources": resources}
         ray.init(ignore_reinit_error=True, log_to_driver=False, configure_logging=False, **kw)
 
 

@@ -45,7 +45,8 @@ class RepeatChannels(v2.Transform):
         return tv_tensors.wrap(inpt.expand(*inpt.shape[:-3], self.n, *inpt.shape[-2:]).contiguous(), like=inpt)
 
 
-def _finish(cfg: TransformConfig) -> list:
+def finish_steps(cfg: TransformConfig) -> list:
+    """To float, to the channel count, ImageNet normalisation: the steps every split ends with."""
     steps = [v2.ToDtype(torch.float32, scale=True), RepeatChannels(cfg.channels)]
     if cfg.normalize:
         mean = IMAGENET_MEAN if cfg.channels == 3 else (sum(IMAGENET_MEAN) / 3,) * cfg.channels
@@ -60,13 +61,13 @@ def train_transforms(cfg: TransformConfig | None = None) -> v2.Compose:
         v2.RandomResizedCrop((cfg.size, cfg.size), scale=(cfg.crop_scale, 1.0), antialias=True),
         v2.RandomHorizontalFlip(cfg.hflip),
         v2.ColorJitter(brightness=cfg.brightness, contrast=cfg.contrast),
-        *_finish(cfg),
+        *finish_steps(cfg),
     ])
 
 
 def eval_transforms(cfg: TransformConfig | None = None) -> v2.Compose:
     cfg = cfg or TransformConfig()
-    return v2.Compose([v2.Resize((cfg.size, cfg.size), antialias=True), *_finish(cfg)])
+    return v2.Compose([v2.Resize((cfg.size, cfg.size), antialias=True), *finish_steps(cfg)])
 
 
 def presets(cfg: TransformConfig | None = None) -> dict[str, v2.Compose]:

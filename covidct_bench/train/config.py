@@ -70,7 +70,8 @@ class TrainConfig(BaseModel):
     momentum: float = Field(0.9, ge=0.0, lt=1.0)
     weight_decay: float | None = Field(None, ge=0.0)
     cosine_period: int = Field(10, ge=1, description="CosineAnnealingLR T_max, in epochs")
-    mask_mode: Literal["none", "channel", "multiply"] = "none"
+    mask_mode: Literal["none", "channel", "multiply", "exclude"] = Field(
+        "none", description="lung mask use: channel (extra input), multiply (only the lungs kept), exclude (lungs blacked out)")
     augment: Augment = Augment()
     cls_weight: float = Field(1.0, ge=0.0)
     seg_weight: float = Field(1.0, ge=0.0)
@@ -83,7 +84,8 @@ class TrainConfig(BaseModel):
     deterministic: bool = True
     workers: int = Field(1, ge=1, description="Ray Train workers (DDP)")
     gpu: bool = False
-    cpus_per_worker: int | None = Field(None, ge=1)
+    cpus_per_worker: float | None = Field(None, gt=0)
+    gpus_per_worker: float | None = Field(None, gt=0, le=1, description="fractional: trials share a GPU (implies gpu)")
     loader_workers: int = Field(0, ge=0, description="DataLoader processes per Ray worker")
     amp: bool = Field(True, description="bf16 autocast on GPU")
     channels_last: bool = Field(True, description="channels_last memory format on GPU")

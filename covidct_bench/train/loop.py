@@ -179,7 +179,7 @@ def train_func_per_worker(config: dict):
                         persistent_workers=False, pin_memory=cuda)
     loader = ray.train.torch.prepare_data_loader(loader, move_to_device=False)
 
-    start, history, predictions = 0, [], []
+    start, history, predictions, resumed = 0, [], [], []
     ckpt = ray.train.get_checkpoint()
     if ckpt is not None:
         with ckpt.as_directory() as d:
@@ -190,6 +190,7 @@ def train_func_per_worker(config: dict):
         set_rng_state(state["rng"][min(rank, len(state["rng"]) - 1)])
         start, history = int(state["epoch"]) + 1, list(state["history"])
         predictions = [pd.DataFrame(p) for p in state["predictions"]]
+        resumed = [*state.get("resumed_at_epochs", []), start]
 
     for epoch in range(start, cfg.epochs):
         gen.manual_seed(cfg.seed * 100_003 + epoch)  # the shuffle of an epoch does not depend on resuming
@@ -240,7 +241,7 @@ def train_func_per_worker(config: dict):
             with tempfile.TemporaryDirectory() as d:
                 torch.save({"model": raw.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                             "epoch": epoch, "rng": rngs, "history": history,
-                            "predictions": [p.to_dict("list") for p in predictions],
+                            "predictions": [p.to_dict("list") for p in predictions], "resumed_at_epochs": resumed,
                             "config": cfg.model_dump(mode="json")}, Path(d) / STATE_FILE)
                 ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
         else:
@@ -248,5 +249,5 @@ def train_func_per_worker(config: dict):
 
     if rank == 0:
         preds = pd.concat(predictions, ignore_index=True) if predictions else pd.DataFrame()
-        return {"history": history, "predictions": preds.to_dict("list")}
+        return {"history": history, "predictions": preds.to_dict("list"), "resumed_at_epochs": resumed}
     return None

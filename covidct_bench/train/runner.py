@@ -96,14 +96,13 @@ def _has_run(out: Path) -> bool:
     return (out / CONFIG_FILE).exists() and any((out / CHECKPOINTS).glob("checkpoint_*"))
 
 
-def prepare(cfg: TrainConfig, address: str | None = None, progress=None) -> tuple[TrainConfig, dict]:
+def prepare_data(cfg: TrainConfig, address: str | None = None, progress=None) -> tuple[TrainConfig, dict]:
     """Resolve defaults, validate against the manifest and build the cache(s): (config, loop config)."""
     cfg = _absolute_paths(cfg.resolved())
     task = get_task(cfg)
     manifest = load_manifest(cfg.dataset, cfg.root)
     df = with_lung_masks(manifest, cfg.lung_masks)
     task.validate(df)
-    task.build_model()  # bad --init / --weights fail here, in one line, before Ray starts
     init_ray(address)
     size = int(cfg.image_size)
     root = Path(df.attrs.get("root", "."))
@@ -117,23 +116,33 @@ def prepare(cfg: TrainConfig, address: str | None = None, progress=None) -> tupl
     return cfg, loop
 
 
-def trainer_for(cfg: TrainConfig, loop: dict, storage: Path, callbacks: list | None = None):
-    """The ``TorchTrainer`` of a prepared run (also used by the grids, with Tune's callback)."""
+def prepare(cfg: TrainConfig, address: str | None = None, progress=None) -> tuple[TrainConfig, dict]:
+    """``prepare_data``, and the model built once so a bad --init / --weights fails in one line before Ray starts."""
+    resolved = _absolute_paths(cfg.resolved())
+    get_task(resolved).build_model()
+    return prepare_data(cfg, address, progress)
+
+
+def trainer_for(cfg: TrainConfig, loop: dict, storage: Path, callbacks: list | None = None, max_failures: int = 0):
+    """The ``TorchTrainer`` of a prepared run (also used by the grids, with Tune's callback). A run folder
+    that already holds checkpoints continues from the latest one; ``max_failures``: restarts of a
+    worker group that died, each from the last checkpoint."""
     import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
+    gpus = cfg.gpus_per_worker or (1 if cfg.gpu else 0)
     cpus = cfg.cpus_per_worker
     if cpus is None:
         avail = int(ray.available_resources().get("CPU", 1))
-        cpus = 1 if cfg.gpu else max(1, avail // cfg.workers)
-    resources = {"CPU": cpus, **({"GPU": 1} if cfg.gpu else {})}
+        cpus = 1 if gpus else max(1, avail // cfg.workers)
+    resources = {"CPU": cpus, **({"GPU": gpus} if gpus else {})}
     return TorchTrainer(
         train_func_per_worker, train_loop_config=loop,
-        scaling_config=ScalingConfig(num_workers=cfg.workers, use_gpu=cfg.gpu, resources_per_worker=resources),
+        scaling_config=ScalingConfig(num_workers=cfg.workers, use_gpu=bool(gpus), resources_per_worker=resources),
         run_config=RunConfig(storage_path=str(storage.resolve()), name=CHECKPOINTS,
-                             checkpoint_config=CheckpointConfig(num_to_keep=2), failure_config=FailureConfig(max_failures=0),
-                             callbacks=callbacks or []))
+                             checkpoint_config=CheckpointConfig(num_to_keep=2),
+                             failure_config=FailureConfig(max_failures=max_failures), callbacks=callbacks or []))
 
 
 def run_training(cfg: TrainConfig, out: str | os.PathLike, resume: bool = False, address: str | None = None,
@@ -247,6 +256,7 @@ def finish(out: Path, cfg: TrainConfig, result, wall_s: float) -> RunResult:
             torch.save({"state_dict": enc, "meta": {"backbone": cfg.backbone, "in_chans": 3}}, tmp)
     summary = summarize(cfg, metrics)
     summary["wall_s"] = round(wall_s, 2)
+    summary["resumed_at_epochs"] = rv.get("resumed_at_epochs", [])
     train = metrics[metrics["split"] == "train"]
     if "images_per_s" in train and len(train):
         summary["train_images_per_s"] = float(np.nanmedian(train["images_per_s"]))

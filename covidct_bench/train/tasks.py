@@ -14,8 +14,10 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torchvision import tv_tensors
+from torchvision.transforms import v2
 
-from covidct_bench.data.transforms import TransformConfig, eval_transforms, moco_transforms, train_transforms
+from covidct_bench.data.transforms import TransformConfig, eval_transforms, finish_steps, moco_transforms, train_transforms
 from covidct_bench.errors import BenchError
 from covidct_bench.metrics import (choose_threshold, classification_metrics, dice_iou, knn_accuracy, linear_probe)
 from covidct_bench.models.backbones import check_input_size, create_backbone
@@ -62,6 +64,8 @@ class Task:
         tc = TransformConfig(size=self.size, crop_scale=a.crop_scale, hflip=a.hflip, brightness=a.brightness,
                              contrast=a.contrast, channels=self.image_channels)
         self._train_tf, self._eval_tf = train_transforms(tc), eval_transforms(tc)
+        # what a black pixel becomes after the eval transforms (normalisation): the fill of masked-out areas
+        self._black = v2.Compose(finish_steps(tc))(tv_tensors.Image(torch.zeros(1, 1, 1, dtype=torch.uint8)))[None].as_subclass(torch.Tensor)
 
     # -- checks before anything runs ------------------------------------------------------------
     def validate(self, df: pd.DataFrame) -> None:
@@ -70,6 +74,10 @@ class Task:
             raise BenchError(f"--mask-mode {self.cfg.mask_mode}: the manifest of {self.cfg.dataset!r} has no lung masks "
                              f"(lung mask set {self.cfg.lung_masks!r}); make them with "
                              f"`covidct-bench data lung-masks {self.cfg.dataset}` and pass --lung-masks classical")
+        if self.cfg.mask_mode != "none" and df["lung_mask_path"].isna().any():  # a mask channel only some images have is a shortcut
+            missing = df.loc[df["lung_mask_path"].isna(), "image_id"]
+            raise BenchError(f"--mask-mode {self.cfg.mask_mode}: {len(missing)} image(s) of {self.cfg.dataset!r} have no lung "
+                             f"mask in set {self.cfg.lung_masks!r} (first: {missing.iloc[0]}); make a set for all of them")
         self.check_splits(df)
 
     def check_splits(self, df: pd.DataFrame) -> None:
@@ -88,8 +96,9 @@ class Task:
         x = batch["image"]
         if self.cfg.mask_mode == "channel":
             x = torch.cat([x, batch["lung_mask"]], dim=1)
-        elif self.cfg.mask_mode == "multiply":
-            x = x * batch["lung_mask"]
+        elif self.cfg.mask_mode in ("multiply", "exclude"):  # black (not mean grey) outside what is kept
+            keep = batch["lung_mask"] > 0.5 if self.cfg.mask_mode == "multiply" else batch["lung_mask"] <= 0.5
+            x = torch.where(keep, x, self._black.to(x.device, x.dtype))
         return x
 
     # -- model + optimisation ------------------------------------------------------------------

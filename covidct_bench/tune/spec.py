@@ -14,13 +14,13 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
-import re
 from pathlib import Path
 from typing import Any, Callable, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from covidct_bench.data.variants import VARIANT
 from covidct_bench.errors import BenchError, first_invalid, reason
 from covidct_bench.registry import Registry
 from covidct_bench.train.config import TrainConfig
@@ -56,16 +56,24 @@ def _masks(value: str) -> dict:
     return table[value]
 
 
-_POSITIVE = re.compile(r"^(covid-ct|covid-seg|combination|covid-ct-\d+)$")
-
-
 @register_axis("positive_data")
 def _positive(value: str) -> dict:
     """covid-ct (official training split) | covid-seg (MedSeg slices as positives) | covid-ct-N (a
-    seeded subset of N COVID-CT positives) | combination (both positive sets)."""
-    if not _POSITIVE.match(str(value)):
-        raise ValueError(f"positive_data must be covid-ct, covid-seg, covid-ct-N or combination, not {value!r}")
+    seeded subset of N COVID-CT positives; covid-ct-matched: as many as covid-seg has) | combination
+    (both positive sets). See ``data.variants``."""
+    if not VARIANT.match(str(value)):
+        raise ValueError(f"positive_data must be covid-ct, covid-seg, covid-ct-N, covid-ct-matched or combination, not {value!r}")
     return {"positive_data": value}
+
+
+@register_axis("view")
+def _view(value: str) -> dict:
+    """The shortcut audit: full image | no_lungs (lungs blacked out: what is left is background,
+    body and source artefacts) | lungs_only (everything but the lungs blacked out)."""
+    table = {"full": {}, "no_lungs": {"mask_mode": "exclude"}, "lungs_only": {"mask_mode": "multiply"}}
+    if value not in table:
+        raise ValueError(f"view must be one of {', '.join(table)}, not {value!r}")
+    return table[value]
 
 
 @register_axis("lr")
@@ -127,9 +135,14 @@ class GridSpec(BaseModel):
     metric: str = "auc"
     mode: Literal["max", "min"] = "max"
     resources: Resources = Resources()
-    presets: dict[str, dict[str, Any]] = {}
-    extra_test: list[str] = []
-    reference: str | None = None
+    presets: dict[str, dict[str, Any]] = Field({}, description="name -> TrainConfig overrides (+ 'pretrain': CSSL overrides)")
+    exclude: list[dict[str, Any]] = Field([], description="cells to leave out: each entry matches cells by axis values")
+    seg_dataset: str = Field("medseg", description="positives with lesion masks for covid-seg / combination")
+    data_seed: int = Field(0, description="seed of the covid-ct-N subsets and of CSSL pretraining")
+    pretrain: dict[str, Any] = Field({}, description="TrainConfig overrides of the CSSL pretraining (init *+cssl)")
+    extra_test: list[str] = Field([], description="datasets scored as extra test sets (all their images, minus training ones)")
+    max_failures: int = Field(1, ge=0, description="restarts of a trial whose worker or process died (from its last checkpoint)")
+    reference: str | None = Field(None, description="table id in ablations/reference/paper.yaml")
 
     @field_validator("axes")
     @classmethod
@@ -143,21 +156,45 @@ class GridSpec(BaseModel):
                 AXES.get(axis)(value)
         return v
 
+    @model_validator(mode="after")
+    def _checks(self) -> "GridSpec":
+        if self.search.trials and not self.search.space:
+            raise ValueError("search: trials > 0 needs a space")
+        for i, entry in enumerate(self.exclude):
+            if bad := [k for k in entry if k not in self.axes]:
+                raise ValueError(f"exclude[{i}]: {bad[0]!r} is not an axis of this grid")
+        return self
+
     def cells(self) -> list[dict[str, Any]]:
-        """Axis values of every cell, in a stable order (the cartesian product, first axis slowest)."""
+        """Axis values of every cell, in a stable order (the cartesian product, first axis slowest),
+        without the excluded ones."""
         names = list(self.axes)
-        return [dict(zip(names, combo)) for combo in itertools.product(*(self.axes[n] for n in names))] or [{}]
+        cells = [dict(zip(names, combo)) for combo in itertools.product(*(self.axes[n] for n in names))] or [{}]
+        return [c for c in cells if not any(all(c.get(k) == v for k, v in e.items()) for e in self.exclude)]
 
     def cell_settings(self, cell: dict[str, Any], preset: str | None = None) -> dict[str, Any]:
         """TrainConfig fields of a cell: task, fixed, preset, then the axes' overrides (which win)."""
         settings: dict[str, Any] = {"task": self.task, **self.fixed}
-        if preset is not None:
-            if preset not in self.presets:
-                raise BenchError(f"--preset: {self.name} has no preset {preset!r} (has: {', '.join(self.presets) or 'none'})")
-            settings.update(self.presets[preset])
+        settings.update({k: v for k, v in self.preset(preset).items() if k != "pretrain"})
         for axis, value in cell.items():
             settings.update(AXES.get(axis)(value))
         return settings
+
+
+    def preset(self, preset: str | None) -> dict[str, Any]:
+        if preset is None:
+            return {}
+        if preset not in self.presets:
+            raise BenchError(f"--preset: {self.name} has no preset {preset!r} (has: {', '.join(self.presets) or 'none'})")
+        return self.presets[preset]
+
+    def pretrain_settings(self, settings: dict[str, Any], preset: str | None = None) -> dict[str, Any]:
+        """Settings of the CSSL pretraining a ``*+cssl`` cell needs: its data, backbone and init, at its
+        image size and epochs, then ``pretrain`` and the preset's ``pretrain`` overrides."""
+        keep = ("dataset", "root", "lung_masks", "positive_data", "backbone", "init", "weights", "image_size", "epochs")
+        out = {"task": "cssl", **{k: settings[k] for k in keep if k in settings}, **self.pretrain,
+               **self.preset(preset).get("pretrain", {})}
+        return out
 
 
 GRID_ONLY = ("positive_data", "cssl")  # settings the grid resolves itself before building a TrainConfig
@@ -188,13 +225,24 @@ def load_spec(path: str | Path, preset: str | None = None) -> GridSpec:
         key, msg = first_invalid(e)
         raise BenchError(f"{path}: {key or 'spec'}: {msg.removeprefix('Value error, ')}") from None
     presets = [preset] if preset is not None else [None, *spec.presets]
+    if not spec.cells():
+        raise BenchError(f"{path}: exclude leaves no cell to run")
     for p in presets:
         for cell in spec.cells():
             settings = spec.cell_settings(cell, p)
-            try:
-                train_config(settings, spec.seeds[0])
-            except ValidationError as e:
-                key, msg = first_invalid(e)
-                where = "fixed" if key.split(".")[0] in spec.fixed else (f"presets.{p}" if p else "axes")
-                raise BenchError(f"{path}: {where}.{key}: {msg} (cell {cell or 'default'})") from None
+            checks = [(settings, "fixed", spec.fixed)]
+            if settings.get("cssl"):
+                checks.append((spec.pretrain_settings(settings, p), "pretrain", spec.pretrain))
+            for s, name, block in checks:
+                try:
+                    train_config(s, spec.seeds[0])
+                except ValidationError as e:
+                    key, msg = first_invalid(e)
+                    where = name if key.split(".")[0] in block else (f"presets.{p}" if p else "axes")
+                    raise BenchError(f"{path}: {where}.{key}: {msg} (cell {cell_id(cell)})") from None
     return spec
+
+
+def cell_id(cell: dict[str, Any]) -> str:
+    """A cell's readable identity, e.g. ``backbone=resnet18,masks=lung`` (``default`` for a grid without axes)."""
+    return ",".join(f"{k}={v}" for k, v in cell.items()) or "default"

@@ -1,0 +1,146 @@
+"""Grid results: an append-only Parquet dataset per grid, one file per trial, written atomically.
+
+Layout under ``results/<grid>/``::
+
+    rows/<phase>-<config_hash>.parquet          one row per (trial, split) of a finished trial
+    rows/failed-<config_hash>-<time>.parquet    one row per failed attempt (status "failed", error)
+    predictions/<config_hash>.parquet           per-image scores of a finished final trial
+    runs/<config_hash>/                         the trial's run folder (checkpoints, model.pt, ...)
+    tune/                                       Ray Tune's experiment folders
+    driver.json                                 the driver running the grid now (pid, host, start)
+
+A finished trial's file is named by its config hash and only ever replaced by the same trial, so a
+trial that runs twice (a resumed grid) can never count twice. Read the dataset with
+``read_results(dir)``, ``pandas.read_parquet("results/<grid>/rows")``,
+``duckdb.sql("select * from 'results/<grid>/rows/*.parquet'")`` or
+``polars.read_parquet("results/<grid>/rows/*.parquet")``.
+
+Columns (schema version 1; ``<axis>`` = one string column per axis of the grid, e.g. ``backbone``):
+
+| column | meaning |
+|---|---|
+| schema_version | 1 |
+| grid, phase | grid name; ``final`` (a cell's configuration per seed, scored on test), ``search`` (an Optuna trial on validation) or ``pretrain`` (CSSL) |
+| cell, config_hash | cell id (``axis=value,...``) and the hash of its settings + seed (identity of a trial) |
+| ``<axis>`` | the cell's value of each axis |
+| params | JSON of the settings Optuna chose (``{}`` without a search) |
+| seed, split | training seed; ``val``, ``test`` or ``extra:<dataset>`` (an extra test set) |
+| n_images, accuracy, precision, f1, auc, sensitivity, specificity, threshold | classification metrics of the final epoch, COVID = 1 positive; the threshold maximises Youden's J on validation and is applied unchanged to the other splits |
+| lesion_dice | multi-task runs: mean lesion Dice where a mask exists (else NaN) |
+| epochs, wall_s, images_per_s, gpu_hours | training epochs, trial wall time, training throughput, GPUs x wall / 3600 |
+| hardware, node_id, torch_version, ray_version, git_sha, covidct_bench_version | where and with what it ran |
+| status, error, finished_at, run_dir | ``finished`` or ``failed``; first line of the error; UTC ISO time; run folder relative to the grid |
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import platform
+import socket
+import subprocess
+from pathlib import Path
+
+import pandas as pd
+
+from covidct_bench.errors import BenchError
+from covidct_bench.io import atomic_path
+
+SCHEMA_VERSION = 1
+ROWS, PREDICTIONS, RUNS = "rows", "predictions", "runs"
+METRICS = ("accuracy", "precision", "f1", "auc", "sensitivity", "specificity", "threshold", "lesion_dice")
+
+
+def now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def git_sha(repo: Path | None = None) -> str:
+    """The checkout's commit (``+dirty`` with uncommitted changes), or ``unknown`` outside git."""
+    repo = repo or Path(__file__).resolve().parents[2]
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, timeout=10)
+        if sha.returncode:
+            return "unknown"
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return sha.stdout.strip()[:12] + ("+dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def hardware() -> str:
+    """e.g. ``NVIDIA H100 80GB HBM3 x1`` or ``cpu: Intel Xeon ... (2 cores)``."""
+    import torch
+
+    if torch.cuda.is_available():
+        return f"{torch.cuda.get_device_name(0)} x{torch.cuda.device_count()}"
+    name = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"cpu: {name} ({os.cpu_count()} cores)"
+
+
+def environment() -> dict:
+    import ray
+    import torch
+
+    from covidct_bench import __version__
+
+    node = ray.get_runtime_context().get_node_id() if ray.is_initialized() else socket.gethostname()
+    return {"hardware": hardware(), "node_id": node, "torch_version": torch.__version__, "ray_version": ray.__version__,
+            "covidct_bench_version": __version__}
+
+
+def rows_file(grid_dir: Path, phase: str, config_hash: str) -> Path:
+    return Path(grid_dir) / ROWS / f"{phase}-{config_hash}.parquet"
+
+
+def write_rows(path: Path, rows: list[dict]) -> Path:
+    df = pd.DataFrame(rows)
+    df.insert(0, "schema_version", SCHEMA_VERSION)
+    with atomic_path(path) as tmp:
+        df.to_parquet(tmp, index=False)
+    return path
+
+
+def write_failure(grid_dir: Path, base: dict, error: str) -> Path:
+    stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%S%f")
+    row = {**base, "split": None, "status": "failed", "error": error[:500], "finished_at": now()}
+    return write_rows(Path(grid_dir) / ROWS / f"failed-{base['config_hash']}-{stamp}.parquet", [row])
+
+
+def read_results(grid_dir: str | os.PathLike, phase: str | None = None) -> pd.DataFrame:
+    """Every row of a grid (empty frame when nothing is there yet); refuses another schema version."""
+    folder = Path(grid_dir) / ROWS
+    files = sorted(folder.glob("*.parquet")) if folder.is_dir() else []
+    if not files:
+        return pd.DataFrame(columns=["schema_version", "grid", "phase", "cell", "config_hash", "seed", "split", "status"])
+    frames = []
+    for f in files:
+        try:
+            frames.append(pd.read_parquet(f))
+        except Exception as e:  # pyarrow raises several types for a broken file
+            raise BenchError(f"{f}: not a readable results file ({e})") from None
+    df = pd.concat(frames, ignore_index=True)
+    versions = set(df["schema_version"].dropna().astype(int))
+    if versions - {SCHEMA_VERSION}:
+        raise BenchError(f"{folder}: results schema version(s) {sorted(versions)}, this covidct-bench reads {SCHEMA_VERSION}")
+    if phase is not None:
+        df = df[df["phase"] == phase]
+    return df.reset_index(drop=True)
+
+
+def finished(df: pd.DataFrame, phase: str) -> pd.DataFrame:
+    return df[(df["phase"] == phase) & (df["status"] == "finished")]
+
+
+def write_json(path: Path, data: dict) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2))
