@@ -33,9 +33,10 @@ NEEDS_SEG = ("covid-seg", "combination", "covid-ct-matched")
 def absolutized(df: pd.DataFrame) -> pd.DataFrame:
     """``df`` with every path column absolute (so rows of several dataset folders can share a manifest)."""
     out = df.copy()
+    out.attrs = {**df.attrs, "root": str(Path(df.attrs.get("root", ".")).resolve())}
     for col in PATH_COLUMNS:
         if col in out:
-            out[col] = absolute(df, col)
+            out[col] = absolute(out, col)
     return out
 
 

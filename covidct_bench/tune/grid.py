@@ -212,6 +212,8 @@ def _score_extra(trial: Trial, cfg, run_dir: Path, threshold: float) -> tuple[li
         sel = keep[index]
         score, index = score[sel], index[sel]
         y = cache.index["label"].to_numpy()[index]
+        if not len(index):  # every image of the set was a training image of this cell
+            continue
         split = f"extra:{name}"
         rows.append({"split": split, "n_images": len(index),
                      **classification_metrics(y, score, threshold), "lesion_dice": float("nan")})
@@ -430,15 +432,19 @@ def _run_tuner(trials: dict[str, Trial], phase: str, spec: GridSpec, grid_dir: P
     if search is None:
         labels = {k: (label(t) if label else k) for k, t in trials.items()}
         param_space = {"key": tune.grid_search(sorted(trials))}
-        tune_config = tune.TuneConfig(max_concurrent_trials=concurrency)
+        tune_config = tune.TuneConfig(max_concurrent_trials=concurrency, reuse_actors=True)  # reuse: no re-import per trial
     else:
         from ray.tune.search.optuna import OptunaSearch
 
+        import optuna
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
         labels = {}
-        param_space = {}
-        alg = OptunaSearch(space=search["space"], metric=metric, mode=spec.mode, seed=spec.data_seed,
+        param_space = search["space"]  # Tune domains, converted for Optuna by Tune
+        alg = OptunaSearch(metric=metric, mode=spec.mode, seed=spec.data_seed,
                            points_to_evaluate=search["points"] or None, evaluated_rewards=search["rewards"] or None)
-        tune_config = tune.TuneConfig(search_alg=alg, num_samples=search["remaining"], max_concurrent_trials=concurrency)
+        tune_config = tune.TuneConfig(search_alg=alg, num_samples=search["remaining"], max_concurrent_trials=concurrency,
+                                      reuse_actors=True)
     progress = Progress(console, labels)
     run_config = tune.RunConfig(storage_path=str((grid_dir / "tune").resolve()), name=f"{phase}-{stamp}", verbose=0,
                                 failure_config=tune.FailureConfig(max_failures=spec.max_failures),
@@ -450,6 +456,7 @@ def _run_tuner(trials: dict[str, Trial], phase: str, spec: GridSpec, grid_dir: P
         progress.live = live
         grid = tuner.fit()
         progress.live = None
+    console.print()
     return [f"{r.config.get('key', '')}: {reason(r.error)}" for r in grid if r.error is not None]
 
 
@@ -472,7 +479,10 @@ def plan(spec: GridSpec, preset: str | None, results: Path, data: DataPlan | Non
     cells, pretrains = {}, {}
     for i, cell in enumerate(spec.cells()):
         settings = spec.cell_settings(cell, preset)
-        resolved = data.resolve(settings) if data else {}
+        try:
+            resolved = data.resolve(settings) if data else {}
+        except BenchError as e:
+            raise BenchError(f"cell {cell_id(cell)}: {e}") from None
         train = _train_kwargs(spec, settings, resolved, spec.seeds[0])
         if settings.get("cssl"):
             ps = spec.pretrain_settings(settings, preset)
@@ -568,8 +578,8 @@ def run_grid(spec_path: str | os.PathLike, preset: str | None = None, results: s
                 _fresh_search(grid_dir, resume)
                 errs = _run_tuner({"search": Trial(**job["search"])}, "search", spec, grid_dir, concurrency, console,
                                   search={"space": _search_space(spec), "remaining": remaining,
-                                          "points": [json.loads(p) for p in rows["params"]],
-                                          "rewards": [float(v) for v in rows[spec.metric]]})
+                                          "points": [json.loads(p) for p in rows["params"]] if len(rows) else [],
+                                          "rewards": [float(v) for v in rows[spec.metric]] if len(rows) else []})
                 outcome.failed += errs
                 outcome.phases["search"] = outcome.phases.get("search", 0) + remaining
                 done = R.finished(R.read_results(grid_dir), "search")

@@ -121,7 +121,8 @@ def read_results(grid_dir: str | os.PathLike, phase: str | None = None) -> pd.Da
     folder = Path(grid_dir) / ROWS
     files = sorted(folder.glob("*.parquet")) if folder.is_dir() else []
     if not files:
-        return pd.DataFrame(columns=["schema_version", "grid", "phase", "cell", "config_hash", "seed", "split", "status"])
+        return pd.DataFrame(columns=["schema_version", "grid", "phase", "cell", "config_hash", "params", "seed", "split",
+                                     *METRICS, "status"])
     frames = []
     for f in files:
         try:
