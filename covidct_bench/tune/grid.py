@@ -34,6 +34,7 @@ from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
+import yaml
 
 from covidct_bench.data.manifest import dataset_dir, load_manifest
 from covidct_bench.errors import BenchError, reason
@@ -229,8 +230,9 @@ def grid_trial(config: dict, jobs: dict[str, dict]) -> None:
 
     from covidct_bench.io import atomic_path
     from covidct_bench.train.config import TrainConfig
-    from covidct_bench.train.runner import finish, prepare, trainer_for
+    from covidct_bench.train.runner import CONFIG_FILE, finish, prepare, trainer_for
 
+    started = time.perf_counter()
     job = dict(jobs[config.get("key", "search")])
     trial = Trial(**job)
     params = {k: v for k, v in config.items() if k != "key"}
@@ -250,6 +252,9 @@ def grid_trial(config: dict, jobs: dict[str, dict]) -> None:
     try:
         cfg = TrainConfig(**trial.train)
         cfg, loop = prepare(cfg)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        with atomic_path(run_dir / CONFIG_FILE) as tmp:  # the resolved config, as `train` writes it
+            tmp.write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
         trainer = trainer_for(cfg, loop, run_dir, callbacks=[TuneReportCallback()], max_failures=trial.max_failures)
         t0 = time.perf_counter()
         result = trainer.fit()
@@ -263,6 +268,8 @@ def grid_trial(config: dict, jobs: dict[str, dict]) -> None:
         threshold = float(val["threshold"].iloc[0]) if len(val) and "threshold" in val else 0.5
         extra_rows, extra_preds = _score_extra(trial, cfg, run_dir, threshold) if trial.phase == "final" else ([], [])
         rows, preds = _result_rows(trial, run, extra_rows)
+        for r in rows:
+            r["trial_s"] = time.perf_counter() - started
         if trial.phase == "final":
             preds = pd.concat([preds, *extra_preds], ignore_index=True)
             preds.insert(0, "config_hash", trial.config_hash)
@@ -288,6 +295,8 @@ class GridOutcome:
     skipped: int = 0
     failed: list[str] = field(default_factory=list)
     phases: dict[str, int] = field(default_factory=dict)
+    walls: dict[str, float] = field(default_factory=dict)  # seconds each phase's Tuner ran
+    concurrency: int = 0
 
 
 def _pid_alive(pid: int) -> bool:
@@ -540,19 +549,19 @@ def run_grid(spec_path: str | os.PathLike, preset: str | None = None, results: s
     outcome = GridOutcome(grid_dir)
     with driver_lock(grid_dir):
         shutil.rmtree(grid_dir / "running", ignore_errors=True)  # markers of a driver that died
-        _init_ray(address, max_concurrent)
-        concurrency = min(max_concurrent or 10**6, default_concurrency(spec))
+        env = {"git_sha": R.git_sha()}
+        with Bars(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console, transient=True) as bars:
+            data = DataPlan(spec, bars)
+            cells, pretrains = plan(spec, preset, results, data, env)  # bad data fails here, before Ray starts
+            _init_ray(address, max_concurrent)
+            concurrency = min(max_concurrent or 10**6, default_concurrency(spec))
+            _check_trials(spec, cells, pretrains, data, bars)
         r = spec.resources
         console.print(f"[bold]grid {spec.name}[/] ({len(spec.cells())} cells x {len(spec.seeds)} seeds"
                       f"{f', preset {preset}' if preset else ''}): per trial {r.workers} worker(s) x "
                       f"{r.cpus:g} CPU{f' + {r.gpus:g} GPU' if r.gpus else ''}; up to {concurrency} trials at once; "
                       f"results in {grid_dir}")
-        env = {"git_sha": R.git_sha()}
-        with Bars(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=console, transient=True) as bars:
-            data = DataPlan(spec, bars)
-            cells, pretrains = plan(spec, preset, results, data, env)
-            _check_trials(spec, cells, pretrains, data, bars)
 
         # 1. CSSL pretraining, once per configuration (shared across grids)
         todo = {h: t for h, t in pretrains.items() if force or not _pretrained(Path(t.run_dir))}
@@ -599,8 +608,11 @@ def run_grid(spec_path: str | os.PathLike, preset: str | None = None, results: s
                 for h in todo:
                     R.rows_file(grid_dir, "final", h).unlink(missing_ok=True)
             console.print(f"[bold]final[/]: {len(todo)} trial(s)")
+            t0 = time.perf_counter()
             outcome.failed += _run_tuner(todo, "final", spec, grid_dir, concurrency, console,
                                          label=lambda t: f"{t.cell_id} seed={t.seed}")
+            outcome.walls["final"] = time.perf_counter() - t0
+        outcome.concurrency = concurrency
         outcome.ran = len(todo)
         outcome.phases["final"] = len(todo)
     return outcome

@@ -27,7 +27,7 @@ Columns (schema version 1; ``<axis>`` = one string column per axis of the grid, 
 | seed, split | training seed; ``val``, ``test`` or ``extra:<dataset>`` (an extra test set) |
 | n_images, accuracy, precision, f1, auc, sensitivity, specificity, threshold | classification metrics of the final epoch, COVID = 1 positive; the threshold maximises Youden's J on validation and is applied unchanged to the other splits |
 | lesion_dice | multi-task runs: mean lesion Dice where a mask exists (else NaN) |
-| epochs, wall_s, images_per_s, gpu_hours | training epochs, trial wall time, training throughput, GPUs x wall / 3600 |
+| epochs, wall_s, trial_s, images_per_s, gpu_hours | training epochs; wall time of the Train run; of the whole trial (start-up, extra test sets); training throughput; GPUs x wall / 3600 |
 | hardware, node_id, torch_version, ray_version, git_sha, covidct_bench_version | where and with what it ran |
 | status, error, finished_at, run_dir | ``finished`` or ``failed``; first line of the error; UTC ISO time; run folder relative to the grid |
 """
