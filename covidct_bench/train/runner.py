@@ -96,13 +96,17 @@ def _has_run(out: Path) -> bool:
     return (out / CONFIG_FILE).exists() and any((out / CHECKPOINTS).glob("checkpoint_*"))
 
 
-def prepare_data(cfg: TrainConfig, address: str | None = None, progress=None) -> tuple[TrainConfig, dict]:
-    """Resolve defaults, validate against the manifest and build the cache(s): (config, loop config)."""
+def prepare_data(cfg: TrainConfig, address: str | None = None, progress=None, build_model: bool = False
+                 ) -> tuple[TrainConfig, dict]:
+    """Resolve defaults, validate against the manifest and build the cache(s): (config, loop config).
+    ``build_model``: also build the model once, so a bad --init / --weights fails in one line before Ray starts."""
     cfg = _absolute_paths(cfg.resolved())
     task = get_task(cfg)
     manifest = load_manifest(cfg.dataset, cfg.root)
     df = with_lung_masks(manifest, cfg.lung_masks)
     task.validate(df)
+    if build_model:
+        task.build_model()
     init_ray(address)
     size = int(cfg.image_size)
     root = Path(df.attrs.get("root", "."))
@@ -117,10 +121,8 @@ def prepare_data(cfg: TrainConfig, address: str | None = None, progress=None) ->
 
 
 def prepare(cfg: TrainConfig, address: str | None = None, progress=None) -> tuple[TrainConfig, dict]:
-    """``prepare_data``, and the model built once so a bad --init / --weights fails in one line before Ray starts."""
-    resolved = _absolute_paths(cfg.resolved())
-    get_task(resolved).build_model()
-    return prepare_data(cfg, address, progress)
+    """``prepare_data`` with the model built once (the checks of a single run)."""
+    return prepare_data(cfg, address, progress, build_model=True)
 
 
 def trainer_for(cfg: TrainConfig, loop: dict, storage: Path, callbacks: list | None = None, max_failures: int = 0):

@@ -353,6 +353,9 @@ def _init_ray(address: str | None, concurrency: int | None) -> None:
     if ray.is_initialized() and TRIAL_RESOURCE not in ray.cluster_resources() and not address:
         ray.shutdown()  # a local Ray started without the trial-driver resource (e.g. by a preprocessing step)
     init_ray(address, resources=None if address else {TRIAL_RESOURCE: max(concurrency or 0, 64)})
+    if TRIAL_RESOURCE not in ray.cluster_resources():  # trials would wait for it forever
+        raise BenchError(f"--address {address}: the Ray cluster has no {TRIAL_RESOURCE!r} resource, which grid trials hold "
+                         f"instead of a CPU; start its head with `ray start --head --resources='{{\"{TRIAL_RESOURCE}\": 64}}'`")
 
 
 class Progress:

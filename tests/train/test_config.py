@@ -35,7 +35,7 @@ def test_config_file_plus_flags(tmp_path):
 @pytest.mark.parametrize("text, message", [
     ("epochs: 0\n", r"run.yaml: epochs: Input should be greater than or equal to 1"),
     ("bakbone: resnet50\n", r"run.yaml: bakbone: Extra inputs are not permitted"),
-    ("mask_mode: lungs\n", r"run.yaml: mask_mode: Input should be 'none', 'channel' or 'multiply'"),
+    ("mask_mode: lungs\n", r"run.yaml: mask_mode: Input should be 'none', 'channel', 'multiply' or 'exclude'"),
     ("threshold_rule: best\n", r"run.yaml: .*threshold_rule must be one of youden, f1, fixed"),
     ("- a\n- b\n", r"run.yaml: a config file holds a mapping"),
     ("key: [unclosed\n", r"run.yaml: cannot read config"),
