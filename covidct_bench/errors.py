@@ -19,3 +19,13 @@ def first_invalid(e) -> tuple[str, str]:
     """(dotted key path, message) of the first error of a pydantic ``ValidationError``."""
     first = e.errors()[0]
     return ".".join(str(x) for x in first["loc"]), first["msg"]
+
+
+def root_reason(e: BaseException, limit: int = 300) -> str:
+    """The last non-empty line of an exception's root cause (``__cause__`` chain): what a Ray
+    Train / Tune failure, wrapped several times, was really about."""
+    cause = e
+    while getattr(cause, "__cause__", None) is not None:
+        cause = cause.__cause__
+    text = [line for line in str(cause).strip().splitlines() if line.strip()]
+    return (text[-1] if text else type(cause).__name__)[:limit]

@@ -114,12 +114,14 @@ def _gather(obj):
 
 
 def evaluate(task: Task, model: torch.nn.Module, cache: str, device, autocast, channels_last: bool,
-             batch_size: int, index: pd.DataFrame) -> dict[str, dict[str, np.ndarray]] | None:
-    """Per-split outputs (all ranks' slices, sorted by cache row) on rank 0; None elsewhere."""
+             batch_size: int, splits: tuple[str, ...] | None = None
+             ) -> dict[str, dict[str, np.ndarray]] | None:
+    """Per-split outputs (all ranks' slices, sorted by cache row) on rank 0; None elsewhere.
+    ``splits``: default the task's evaluation splits."""
     rank, world = _world()
     model.eval()
     results = {}
-    for split in task.eval_splits:
+    for split in splits or task.eval_splits:
         ds = TaskDataset(cache, split, task, train=False, rank=rank, world=world)
         parts: dict[str, list] = {}
         with torch.no_grad(), autocast():
@@ -223,7 +225,7 @@ def train_func_per_worker(config: dict):
         metrics = {f"train/{k}": v for k, v in row.items() if k not in ("epoch", "split")}
         rows = [row]
         if (epoch + 1) % cfg.eval_every == 0 or epoch == cfg.epochs - 1:
-            out = evaluate(task, raw, cache, device, autocast, channels_last, per_worker * 2, index)
+            out = evaluate(task, raw, cache, device, autocast, channels_last, per_worker * 2)
             if rank == 0:
                 m, preds = task.evaluate(out, index)
                 preds.insert(0, "epoch", epoch)

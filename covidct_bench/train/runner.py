@@ -34,7 +34,7 @@ import yaml
 from covidct_bench.data import load_manifest
 from covidct_bench.data.cache import build_cache, init_ray
 from covidct_bench.data.lung_masks import MANIFEST_MASKS, with_lung_masks
-from covidct_bench.errors import BenchError
+from covidct_bench.errors import BenchError, root_reason
 from covidct_bench.io import atomic_path
 from covidct_bench.train.config import TrainConfig
 from covidct_bench.train.loop import STATE_FILE, train_func_per_worker
@@ -79,7 +79,7 @@ def _compare_for_resume(saved: dict, cfg: TrainConfig, out: Path) -> None:
                          "settings (only --epochs and the resources may change) or choose another --out")
 
 
-def _absolute_paths(cfg: TrainConfig) -> TrainConfig:
+def absolute_paths(cfg: TrainConfig) -> TrainConfig:
     """Ray workers do not share the driver's working directory: pass them absolute paths."""
     update = {}
     if cfg.init.startswith("cssl:"):
@@ -100,7 +100,7 @@ def prepare_data(cfg: TrainConfig, address: str | None = None, progress=None, bu
                  ) -> tuple[TrainConfig, dict]:
     """Resolve defaults, validate against the manifest and build the cache(s): (config, loop config).
     ``build_model``: also build the model once, so a bad --init / --weights fails in one line before Ray starts."""
-    cfg = _absolute_paths(cfg.resolved())
+    cfg = absolute_paths(cfg.resolved())
     task = get_task(cfg)
     manifest = load_manifest(cfg.dataset, cfg.root)
     df = with_lung_masks(manifest, cfg.lung_masks)
@@ -190,20 +190,11 @@ def run_training(cfg: TrainConfig, out: str | os.PathLike, resume: bool = False,
     queue.shutdown()
     wall = time.perf_counter() - t0
     if "error" in box:
-        raise BenchError(f"training failed: {_first_line(box['error'])}")
+        raise BenchError(f"training failed: {root_reason(box['error'])}")
     result = box["result"]
     if result.error is not None:
-        raise BenchError(f"training failed: {_first_line(result.error)}")
+        raise BenchError(f"training failed: {root_reason(result.error)}")
     return finish(out, cfg, result, wall)
-
-
-def _first_line(e: BaseException) -> str:
-    cause = e
-    while getattr(cause, "__cause__", None) is not None:
-        cause = cause.__cause__
-    text = str(cause).strip().splitlines()
-    msg = next((line for line in reversed(text) if line.strip()), type(cause).__name__) if text else type(cause).__name__
-    return msg[:300]
 
 
 def tidy_metrics(history: list[dict]) -> pd.DataFrame:

@@ -28,7 +28,7 @@ import os
 import shutil
 import socket
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -36,9 +36,11 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from covidct_bench.data.manifest import dataset_dir, load_manifest
-from covidct_bench.errors import BenchError, reason
+from covidct_bench.data.manifest import load_manifest
+from covidct_bench.errors import BenchError, root_reason
 from covidct_bench.tune import results as R
+from covidct_bench.train.config import TrainConfig
+from covidct_bench.train.runner import absolute_paths
 from covidct_bench.tune.spec import GRID_ONLY, GridSpec, cell_id, config_hash, load_spec
 
 PRETRAIN_DIR = "_pretrain"
@@ -67,10 +69,15 @@ class Trial:
 
     def with_params(self, params: dict[str, Any]) -> "Trial":
         """The same trial with tuned settings (a search trial, or the final runs of a tuned cell)."""
+        return self.with_seed(self.seed, params)
+
+    def with_seed(self, seed: int, params: dict[str, Any] | None = None) -> "Trial":
+        """The same cell with another seed (and tuned settings): a new config hash and run folder."""
+        params = self.params if params is None else dict(params)
         settings = {**self.settings, **params}
-        h = config_hash(settings, self.seed)
-        return Trial(**{**asdict(self), "params": dict(params), "settings": settings, "config_hash": h,
-                        "train": {**self.train, **params}, "run_dir": str(Path(self.grid_dir) / R.RUNS / h)})
+        h = config_hash(settings, seed)
+        return replace(self, seed=seed, params=params, settings=settings, config_hash=h,
+                       train={**self.train, **params, "seed": seed}, run_dir=str(Path(self.grid_dir) / R.RUNS / h))
 
 
 # --------------------------------------------------------------------------------------------- data
@@ -133,10 +140,9 @@ def _train_kwargs(spec: GridSpec, settings: dict[str, Any], data: dict[str, Any]
     train = {k: v for k, v in settings.items() if k not in GRID_ONLY}
     train.update(data)
     train.update(seed=seed, workers=r.workers, cpus_per_worker=r.cpus, gpus_per_worker=r.gpus or None)
-    if train.get("root"):
-        train["root"] = str(Path(train["root"]).expanduser().resolve())
-    if train.get("weights"):
-        train["weights"] = str(Path(train["weights"]).expanduser().resolve())
+    # resolved here, on the driver: a trial runs in a Ray worker with another working directory
+    cfg = absolute_paths(TrainConfig(**train))
+    train.update(root=cfg.root, weights=cfg.weights, init=cfg.init)
     return train
 
 
@@ -178,15 +184,21 @@ def _base_row(trial: Trial) -> dict:
             "run_dir": os.path.relpath(trial.run_dir, trial.grid_dir)}
 
 
+def extra_cache_dir(folder: str | Path, size: int) -> Path:
+    """Where an extra test set's cache lives (built by the driver, read by the trials)."""
+    return Path(folder) / "cache" / str(size)
+
+
 def _score_extra(trial: Trial, cfg, run_dir: Path, threshold: float) -> tuple[list[dict], list[pd.DataFrame]]:
     """Score the trained model on each extra test set (its images minus any used in training)."""
+    import contextlib as _cl
+
     import torch
-    from torch.utils.data import DataLoader
 
     from covidct_bench.data.cache import build_cache
     from covidct_bench.data.manifest import read_manifest
     from covidct_bench.metrics import classification_metrics
-    from covidct_bench.train.loop import TaskDataset
+    from covidct_bench.train.loop import evaluate
     from covidct_bench.train.runner import load_model_file
     from covidct_bench.train.tasks import get_task
 
@@ -196,25 +208,17 @@ def _score_extra(trial: Trial, cfg, run_dir: Path, threshold: float) -> tuple[li
     model = get_task(cfg.model_copy(update={"init": "random", "weights": None})).build_model()  # weights: model.pt
     state, _ = load_model_file(run_dir)
     model.load_state_dict(state)
-    model.eval()
     trained = set(load_manifest(cfg.dataset, cfg.root).query("split == 'train'")["image_id"])
     rows, frames = [], []
     for name, folder in trial.extra_test.items():
-        df = read_manifest(folder)
-        cache = build_cache(df, size=int(cfg.image_size), out=Path(folder) / "cache" / str(cfg.image_size))
-        ds = TaskDataset(str(cache.path), "test", task, train=False)
-        keep = ~cache.index["image_id"].isin(trained).to_numpy()
-        scores, idx = [], []
-        with torch.no_grad():
-            for batch in DataLoader(ds, batch_size=32):
-                scores.append(task.predict(model, batch)["score"])
-                idx.append(batch["index"].numpy())
-        score, index = np.concatenate(scores), np.concatenate(idx)
-        sel = keep[index]
-        score, index = score[sel], index[sel]
-        y = cache.index["label"].to_numpy()[index]
+        size = int(cfg.image_size)
+        cache = build_cache(read_manifest(folder), size=size, out=extra_cache_dir(folder, size))  # reused: built by the driver
+        out = evaluate(task, model, str(cache.path), torch.device("cpu"), _cl.nullcontext, False, 32, splits=("test",))["test"]
+        keep = ~cache.index["image_id"].isin(trained).to_numpy()[out["index"]]
+        score, index = out["score"][keep], out["index"][keep]
         if not len(index):  # every image of the set was a training image of this cell
             continue
+        y = cache.index["label"].to_numpy()[index]
         split = f"extra:{name}"
         rows.append({"split": split, "n_images": len(index),
                      **classification_metrics(y, score, threshold), "lesion_dice": float("nan")})
@@ -279,9 +283,7 @@ def grid_trial(config: dict, jobs: dict[str, dict]) -> None:
         vrow = next((r for r in rows if r["split"] == "val"), {})
         tune.report({metric_key: vrow.get(trial.metric, float("nan")), "done": 1})
     except Exception as e:
-        from covidct_bench.train.runner import _first_line
-
-        R.write_failure(grid_dir, {**_base_row(trial), "error": None}, _first_line(e))
+        R.write_failure(grid_dir, _base_row(trial), root_reason(e))
         raise
     finally:
         marker.unlink(missing_ok=True)
@@ -309,18 +311,25 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def live_driver(grid_dir: Path) -> dict | None:
+    """``driver.json`` of the grid's driver if that process is alive on this host, else None."""
+    path = grid_dir / "driver.json"
+    try:
+        info = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    alive = info.get("host") == socket.gethostname() and _pid_alive(int(info.get("pid", -1)))
+    return info if alive else None
+
+
 @contextlib.contextmanager
 def driver_lock(grid_dir: Path):
     """One driver per grid folder: a second ``grid run`` on the same grid is refused while one lives."""
+    info = live_driver(grid_dir)
+    if info is not None and info.get("pid") != os.getpid():
+        raise BenchError(f"{grid_dir}: grid already running (pid {info['pid']} since {info.get('started')}); "
+                         "wait for it or stop it first")
     path = grid_dir / "driver.json"
-    if path.is_file():
-        try:
-            info = json.loads(path.read_text())
-        except (OSError, ValueError):
-            info = {}
-        if info.get("host") == socket.gethostname() and _pid_alive(int(info.get("pid", -1))) and info.get("pid") != os.getpid():
-            raise BenchError(f"{grid_dir}: grid already running (pid {info['pid']} since {info.get('started')}); "
-                             "wait for it or stop it first")
     R.write_json(path, {"pid": os.getpid(), "host": socket.gethostname(), "started": R.now()})
     try:
         yield
@@ -363,9 +372,10 @@ class Progress:
 
     def __init__(self, console, labels: dict[str, str]):
         self.console, self.labels, self.state = console, labels, {k: ["pending", "", ""] for k in labels}
+        self.live = None  # the rich Live while a Tuner runs
 
     def callback(self, metric: str):
-        return _ProgressCallback(self, metric)
+        return _progress_callback_class()(self, metric)
 
     def _set(self, key: str, status: str, epoch: str | None = None, val: str | None = None) -> None:
         if key not in self.state:
@@ -379,8 +389,6 @@ class Progress:
             s[2] = val
         if self.live is not None:
             self.live.update(self.table())
-
-    live = None
 
     def table(self):
         from rich.table import Table
@@ -427,10 +435,6 @@ def _progress_callback_class():
     return ProgressCallback
 
 
-def _ProgressCallback(progress: Progress, metric: str):
-    return _progress_callback_class()(progress, metric)
-
-
 def _run_tuner(trials: dict[str, Trial], phase: str, spec: GridSpec, grid_dir: Path, concurrency: int, console,
                search: dict | None = None, label: Callable[[Trial], str] | None = None) -> list[str]:
     """One Tuner over ``trials`` (final / pretrain: a grid over their keys; search: Optuna). Returns errors."""
@@ -469,7 +473,7 @@ def _run_tuner(trials: dict[str, Trial], phase: str, spec: GridSpec, grid_dir: P
         grid = tuner.fit()
         progress.live = None
     console.print()
-    return [f"{r.config.get('key', '')}: {reason(r.error)}" for r in grid if r.error is not None]
+    return [f"{r.config.get('key', '')}: {root_reason(r.error)}" for r in grid if r.error is not None]
 
 
 def _search_space(spec: GridSpec) -> dict:
@@ -528,10 +532,7 @@ def final_trials(spec: GridSpec, cells: dict[int, Trial], params: dict[int, dict
         if params.get(i) is None:
             continue
         for seed in spec.seeds:
-            t = template.with_params(params[i])
-            t = Trial(**{**asdict(t), "seed": seed, "train": {**t.train, "seed": seed}})
-            t.config_hash = config_hash(t.settings, seed)
-            t.run_dir = str(Path(t.grid_dir) / R.RUNS / t.config_hash)
+            t = template.with_seed(seed, params[i])
             out[t.config_hash] = t
     return out
 
@@ -586,9 +587,8 @@ def run_grid(spec_path: str | os.PathLike, preset: str | None = None, results: s
                 remaining = spec.search.trials - len(rows)
                 console.print(f"[bold]search[/] {template.cell_id}: {remaining} Optuna trial(s) on validation "
                               f"({len(rows)} already done)")
-                job = {"search": asdict(Trial(**{**asdict(template), "phase": "search"}))}
                 _fresh_search(grid_dir, resume)
-                errs = _run_tuner({"search": Trial(**job["search"])}, "search", spec, grid_dir, concurrency, console,
+                errs = _run_tuner({"search": replace(template, phase="search")}, "search", spec, grid_dir, concurrency, console,
                                   search={"space": _search_space(spec), "remaining": remaining,
                                           "points": [json.loads(p) for p in rows["params"]] if len(rows) else [],
                                           "rewards": [float(v) for v in rows[spec.metric]] if len(rows) else []})
@@ -662,7 +662,7 @@ def _check_trials(spec: GridSpec, cells: dict[int, Trial], pretrains: dict[str, 
             from covidct_bench.data.cache import build_cache
             from covidct_bench.data.manifest import read_manifest
 
-            build_cache(read_manifest(folder), size=int(cfg.image_size), out=Path(folder) / "cache" / str(cfg.image_size),
+            build_cache(read_manifest(folder), size=int(cfg.image_size), out=extra_cache_dir(folder, int(cfg.image_size)),
                         progress=bars)
 
 
@@ -674,12 +674,7 @@ def grid_status(spec_path: str | os.PathLike, preset: str | None = None, results
     grid_dir = (results / spec.name).resolve()
     df = R.read_results(grid_dir)
     cells, pretrains = plan(spec, preset, results)
-    driver = grid_dir / "driver.json"
-    alive = False
-    if driver.is_file():
-        with contextlib.suppress(OSError, ValueError):
-            info = json.loads(driver.read_text())
-            alive = info.get("host") == socket.gethostname() and _pid_alive(int(info["pid"]))
+    alive = live_driver(grid_dir) is not None
     running = {p.stem for p in (grid_dir / "running").glob("*.json")} if (grid_dir / "running").is_dir() else set()
     fin = set(df.loc[df["status"] == "finished", "config_hash"])
     failed = set(df.loc[df["status"] == "failed", "config_hash"])
