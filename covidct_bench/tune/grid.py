@@ -554,6 +554,7 @@ def run_grid(spec_path: str | os.PathLike, preset: str | None = None, results: s
     with driver_lock(grid_dir):
         shutil.rmtree(grid_dir / "running", ignore_errors=True)  # markers of a driver that died
         env = {"git_sha": R.git_sha()}
+        R.write_spec(grid_dir, spec.model_dump(mode="json"), preset)  # read by the report (axes, reference table)
         with Bars(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console, transient=True) as bars:
             data = DataPlan(spec, bars)

@@ -8,6 +8,7 @@ Layout under ``results/<grid>/``::
     runs/<config_hash>/                         the trial's run folder (checkpoints, model.pt, ...)
     tune/                                       Ray Tune's experiment folders
     driver.json                                 the driver running the grid now (pid, host, start)
+    spec.yaml                                   the grid spec of the last run (+ its preset), for the report
 
 A finished trial's file is named by its config hash and only ever replaced by the same trial, so a
 trial that runs twice (a resumed grid) can never count twice. Read the dataset with
@@ -116,8 +117,9 @@ def write_failure(grid_dir: Path, base: dict, error: str) -> Path:
     return write_rows(Path(grid_dir) / ROWS / f"failed-{base['config_hash']}-{stamp}.parquet", [row])
 
 
-def read_results(grid_dir: str | os.PathLike, phase: str | None = None) -> pd.DataFrame:
-    """Every row of a grid (empty frame when nothing is there yet); refuses another schema version."""
+def read_results(grid_dir: str | os.PathLike, phase: str | None = None, required: tuple[str, ...] = ()) -> pd.DataFrame:
+    """Every row of a grid (empty frame when nothing is there yet). Each file must be of this schema
+    version and have the ``required`` columns, else a one-line error names the file."""
     folder = Path(grid_dir) / ROWS
     files = sorted(folder.glob("*.parquet")) if folder.is_dir() else []
     if not files:
@@ -126,13 +128,22 @@ def read_results(grid_dir: str | os.PathLike, phase: str | None = None) -> pd.Da
     frames = []
     for f in files:
         try:
-            frames.append(pd.read_parquet(f))
+            df = pd.read_parquet(f)
         except Exception as e:  # pyarrow raises several types for a broken file
             raise BenchError(f"{f}: not a readable results file ({e})") from None
+        if "schema_version" not in df:
+            raise BenchError(f"{f}: no schema_version column: not a covidct-bench results file")
+        versions = sorted(set(df["schema_version"].dropna().astype(int)))
+        if versions != [SCHEMA_VERSION]:
+            v = versions[0] if versions else "unknown"
+            age = "older than" if isinstance(v, int) and v < SCHEMA_VERSION else "not"
+            raise BenchError(f"{f}: results schema version {v}, {age} the version {SCHEMA_VERSION} this covidct-bench "
+                             "reads; rerun the grid (grid run --force) or read it with the covidct-bench that wrote it")
+        finished_rows = df[df["status"] == "finished"] if "status" in df else df
+        if missing := [c for c in required if c not in df and len(finished_rows)]:
+            raise BenchError(f"{f}: missing column(s) {', '.join(missing)}")
+        frames.append(df)
     df = pd.concat(frames, ignore_index=True)
-    versions = set(df["schema_version"].dropna().astype(int))
-    if versions - {SCHEMA_VERSION}:
-        raise BenchError(f"{folder}: results schema version(s) {sorted(versions)}, this covidct-bench reads {SCHEMA_VERSION}")
     if phase is not None:
         df = df[df["phase"] == phase]
     return df.reset_index(drop=True)
@@ -145,3 +156,27 @@ def finished(df: pd.DataFrame, phase: str) -> pd.DataFrame:
 def write_json(path: Path, data: dict) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(data, indent=2))
+
+
+SPEC_FILE = "spec.yaml"
+
+
+def write_spec(grid_dir: Path, spec: dict, preset: str | None) -> None:
+    import yaml
+
+    with atomic_path(Path(grid_dir) / SPEC_FILE) as tmp:
+        tmp.write_text(yaml.safe_dump({"preset": preset, **spec}, sort_keys=False))
+
+
+def read_spec(grid_dir: Path) -> dict:
+    """The spec a grid last ran with (``{}`` for results written before specs were kept)."""
+    import yaml
+
+    path = Path(grid_dir) / SPEC_FILE
+    if not path.is_file():
+        return {}
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise BenchError(f"{path}: not a readable grid spec ({str(e).splitlines()[0]})") from None
+    return data if isinstance(data, dict) else {}
