@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import functools
+import io
 import json
+import sys
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -466,6 +468,57 @@ def grid_status_cmd(
         for row in df.itertuples(index=False):
             table.add_row(*map(str, row))
         console.print(table)
+
+
+FORMATS = ("table", "md", "html", "csv", "json")
+
+
+@app.command("leaderboard")
+def leaderboard(
+    results: Optional[list[Path]] = typer.Argument(None, help="Results folders: results/ (every grid in it) or results/<grid> "
+                                                             "[default: results]."),
+    grid: Optional[str] = typer.Option(None, "--grid", help="Only this grid."),
+    fmt: str = typer.Option("table", "--format", help=f"One of: {', '.join(FORMATS)}."),
+    sort: str = typer.Option("auc", "--sort", help="accuracy, f1, auc, sensitivity, specificity, wall_s or images_per_s."),
+    baseline: Optional[str] = typer.Option(None, "--baseline", help="Compare every row with this one (its name or cell id)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Write here (html default: <first results folder>/report.html)."),
+    split: str = typer.Option("test", "--split", help="test, or an extra test set (extra:medseg)."),
+    boot: int = typer.Option(2000, "--boot", help="Bootstrap resamples."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the bootstrap resamples."),
+    top: int = typer.Option(5, "--top", min=1, help="HTML: ROC and calibration curves of the top K configurations."),
+    reference: Optional[Path] = typer.Option(None, "--reference", help="Published numbers [default: ablations/reference/paper.yaml]."),
+) -> None:
+    """Leaderboard of grid results: mean ± sd over seeds, patient-bootstrap 95% intervals, paired tests
+    against a baseline, ablation effects, reported paper numbers; as a table, Markdown, HTML, CSV or JSON."""
+    from covidct_bench.io import atomic_path
+    from covidct_bench.report import render
+    from covidct_bench.report.leaderboard import build, to_json
+
+    if fmt not in FORMATS:
+        raise BenchError(f"--format {fmt}: choose from {', '.join(FORMATS)}")
+    paths = results or [Path("results")]
+    lb = build(paths, grid=grid, split=split, sort=sort, baseline=baseline, n_boot=boot, seed=seed, reference=reference)
+    if fmt == "html":
+        from covidct_bench.report import html
+
+        target = html.write(lb, out or paths[0] / "report.html", top_k=top)
+        console.print(f"[green]report[/]: {target} ({len(lb.table)} rows; open it in a browser, it needs no network)")
+        return
+    if fmt == "table":
+        if out is None:
+            render.terminal(lb, console)
+            return
+        rec = Console(record=True, width=180, file=io.StringIO())
+        render.terminal(lb, rec)
+        text = rec.export_text()
+    else:
+        text = {"md": render.markdown, "csv": render.csv, "json": to_json}[fmt](lb)
+    if out is None:
+        sys.stdout.write(text)
+        return
+    with atomic_path(out) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    console.print(f"[green]{fmt}[/]: {out} ({len(lb.table)} rows)")
 
 
 def main() -> None:
