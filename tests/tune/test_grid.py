@@ -100,6 +100,17 @@ def test_grid_variants_cssl_extra_test_and_skip_finished(tmp_path, grid_root):
     status = grid_status(spec, results=results)
     assert sorted(status["phase"]) == ["final"] * 3 + ["pretrain"] and (status["status"] == "done").all()
     assert cli("grid", "status", str(spec), "--results", str(results)).returncode == 0
+    # the leaderboard reads what the grid wrote: one row per cell, the axes' effects against their first values
+    lb = cli("leaderboard", str(results), "--format", "json", "--boot", "200")
+    assert lb.returncode == 0, lb.stderr[-3000:]
+    data = json.loads(lb.stdout)
+    ours = [r for r in data["leaderboard"] if r["kind"] == "ours"]
+    assert sorted(r["cell"] for r in ours) == sorted(df["cell"].unique())
+    assert all(r["n_seeds"] == 1 and r["n_images"] == df[(df["cell"] == r["cell"]) & (df["split"] == "test")]["n_images"].iloc[0]
+               for r in ours)
+    assert {(a["axis"], a["versus"], a["value"]) for a in data["ablation"]} == {
+        ("positive_data", "covid-ct", "covid-seg"), ("init", "random", "random+cssl")}
+    assert data["meta"]["grids"][0]["axes"] == {"positive_data": ["covid-ct", "covid-seg"], "init": ["random", "random+cssl"]}
 
 
 def test_optuna_search_picks_the_best_validation_params(tmp_path, grid_root):
@@ -147,22 +158,37 @@ def _checkpointed_unfinished(grid: Path):
     return None
 
 
-def test_sigkill_driver_mid_grid_then_resume_runs_each_trial_once(tmp_path, grid_root):
-    spec = write_spec(tmp_path / "k.yaml", grid_root, name="killed", axes={"masks": ["none", "lung"]},
+def _train_worker_pids() -> list[int]:
+    out = subprocess.run(["ps", "-eo", "pid=,args="], capture_output=True, text=True).stdout
+    return [int(line.split()[0]) for line in out.splitlines() if "RayTrainWorker" in line and "ps -eo" not in line]
+
+
+def test_dead_worker_then_killed_driver_then_resume_runs_each_trial_once(tmp_path, grid_root):
+    """Two failures in one grid (one test, to pay for Ray Train's start-up once): the first trial's Train
+    worker is SIGKILLed and Train restarts it from its last checkpoint; then the driver is SIGKILLed
+    during the second trial, and --resume continues that trial from its checkpoint."""
+    spec = write_spec(tmp_path / "k.yaml", grid_root, name="killed", axes={"masks": ["none", "lung"]}, max_failures=2,
                       fixed={"image_size": 48, "epochs": 6, "lung_masks": "manifest"})
     results = tmp_path / "results"
     grid = results / "killed"
     proc = subprocess.Popen([*CLI, "grid", "run", str(spec), "--results", str(results), "--max-concurrent", "1"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:
-        # the first trial finished, the second is past its first checkpoint: kill the driver there
+        first = _wait(lambda: _checkpointed_unfinished(grid), 600, proc, "a checkpoint of the first trial")
+        for pid in _wait(_train_worker_pids, 60, proc, "the Train worker process"):
+            os.kill(pid, signal.SIGKILL)
+        # the first trial finished (restarted), the second is past its first checkpoint: kill the driver there
         _wait(lambda: (grid / "rows").is_dir() and any((grid / "rows").glob("final-*")), 600, proc, "the first trial")
         victim = _wait(lambda: _checkpointed_unfinished(grid), 300, proc, "a checkpoint of the second trial")
+        assert victim != first
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(30)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
+    summary = json.loads((first / "summary.json").read_text())
+    assert summary["resumed_at_epochs"] and summary["resumed_at_epochs"][0] >= 1  # the worker restarted mid-run
+    assert summary["final_epoch"] == 5
     time.sleep(3)
     status = cli("grid", "status", str(spec), "--results", str(results), "--all")
     assert "interrupted" in status.stdout and "done" in status.stdout, status.stdout
@@ -170,39 +196,10 @@ def test_sigkill_driver_mid_grid_then_resume_runs_each_trial_once(tmp_path, grid
     assert p.returncode == 0, p.stderr[-3000:]
     df = read_results(grid)
     assert df["config_hash"].nunique() == 2 and len(df) == 4  # 2 trials x (val, test), each exactly once
-    assert df.groupby(["config_hash", "split"]).size().eq(1).all()
+    assert (df["status"] == "finished").all() and df.groupby(["config_hash", "split"]).size().eq(1).all()
     summary = json.loads((victim / "summary.json").read_text())
     assert summary["resumed_at_epochs"] and summary["resumed_at_epochs"][0] >= 1  # continued, not restarted
-    assert len(json.loads((victim / "summary.json").read_text())) and not list((grid / "running").glob("*"))
-
-
-def _train_worker_pids() -> list[int]:
-    out = subprocess.run(["ps", "-eo", "pid=,args="], capture_output=True, text=True).stdout
-    return [int(line.split()[0]) for line in out.splitlines() if "RayTrainWorker" in line and "ps -eo" not in line]
-
-
-def test_dead_train_worker_restarts_from_its_last_checkpoint(tmp_path, grid_root):
-    spec = write_spec(tmp_path / "w.yaml", grid_root, name="worker", max_failures=2,
-                      fixed={"image_size": 48, "epochs": 6})
-    results = tmp_path / "results"
-    grid = results / "worker"
-    proc = subprocess.Popen([*CLI, "grid", "run", str(spec), "--results", str(results)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    try:
-        run = _wait(lambda: _checkpointed_unfinished(grid), 600, proc, "the first checkpoint")
-        pids = _wait(_train_worker_pids, 60, proc, "the Train worker process")
-        for pid in pids:
-            os.kill(pid, signal.SIGKILL)
-        out, _ = proc.communicate(timeout=600)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-    assert proc.returncode == 0, out[-3000:]
-    df = read_results(grid)
-    assert len(df) == 2 and (df["status"] == "finished").all()
-    summary = json.loads((run / "summary.json").read_text())
-    assert summary["resumed_at_epochs"] and summary["resumed_at_epochs"][0] >= 1
-    assert summary["final_epoch"] == 5
+    assert not list((grid / "running").glob("*"))
 
 
 def test_bad_cell_fails_before_anything_runs(tmp_path, grid_root):
