@@ -34,6 +34,7 @@ import yaml
 from covidct_bench.data import load_manifest
 from covidct_bench.data.cache import build_cache, init_ray
 from covidct_bench.data.lung_masks import MANIFEST_MASKS, with_lung_masks
+from covidct_bench.data.manifest import default_root
 from covidct_bench.errors import BenchError, root_reason
 from covidct_bench.io import atomic_path
 from covidct_bench.train.config import TrainConfig
@@ -86,8 +87,8 @@ def absolute_paths(cfg: TrainConfig) -> TrainConfig:
         update["init"] = f"cssl:{Path(cfg.init[5:]).expanduser().resolve()}"
     if cfg.weights:
         update["weights"] = str(Path(cfg.weights).expanduser().resolve())
-    if cfg.root:
-        update["root"] = str(Path(cfg.root).expanduser().resolve())
+    # the default root too: a grid trial runs in a Ray actor whose working directory is not the driver's
+    update["root"] = str(Path(cfg.root or default_root()).expanduser().resolve())
     return cfg.model_copy(update=update)
 
 

@@ -50,3 +50,15 @@ def test_bad_config_files_name_file_and_key(tmp_path, text, message):
 def test_unet_size_must_be_a_multiple_of_8():
     with pytest.raises(BenchError, match="--image-size 100: the residual U-Net needs a multiple of 8"):
         TrainConfig(task="segment", image_size=100).resolved()
+
+
+def test_absolute_paths_resolve_the_default_root_for_ray_actors(tmp_path, monkeypatch):
+    # a grid trial runs in a Ray actor with another working directory: relative and default paths must not reach it
+    from covidct_bench.train.runner import absolute_paths
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("COVIDCT_BENCH_ROOT", raising=False)
+    cfg = absolute_paths(TrainConfig(dataset="synthetic", init="cssl:runs/pre"))
+    assert cfg.root == str(tmp_path / "datasets") and cfg.init == f"cssl:{tmp_path / 'runs' / 'pre'}"
+    monkeypatch.setenv("COVIDCT_BENCH_ROOT", "elsewhere")
+    assert absolute_paths(TrainConfig(dataset="synthetic")).root == str(tmp_path / "elsewhere")
