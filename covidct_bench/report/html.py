@@ -14,7 +14,7 @@ import pandas as pd
 from covidct_bench.report import plots
 from covidct_bench.report import stats as S
 from covidct_bench.report.leaderboard import Leaderboard
-from covidct_bench.report.render import HEADLINE, LABELS, ci, extra_columns, footnotes, num, pvalue, rank_cell
+from covidct_bench.report.render import HEADLINE, LABELS, ci, extra_columns, footnotes, is_baseline, num, pvalue, rank_cell
 
 TEMPLATE = "report.html.j2"
 
@@ -56,7 +56,7 @@ def _leaderboard(lb: Leaderboard) -> tuple[list[Column], list[dict]]:
         rank, change = rank_cell(r)
         cells = [{"text": rank, "v": _v(r.get("rank")) if not reported else ""},
                  {"text": change, "v": _v(r.get("rank_change")) if not reported else ""},
-                 {"text": r["name"], "name": True, "v": "", "tag": "reported" if reported else ("baseline" if r.get("is_baseline") is True else ""),
+                 {"text": r["name"], "name": True, "v": "", "tag": "reported" if reported else ("baseline" if is_baseline(r) else ""),
                   "ci": r.get("test_set") if reported else ""},
                  {"text": "" if reported else str(int(r["n_seeds"])), "v": "" if reported else _v(r["n_seeds"])}]
         cells += [_metric(r, m) for m in S.METRICS] + [_metric(r, x) for x in extras]
@@ -68,7 +68,7 @@ def _leaderboard(lb: Leaderboard) -> tuple[list[Column], list[dict]]:
                 has = d is not None and pd.notna(d)
                 cells.append({"text": f"{num(d, signed=True)} (p {pvalue(r.get(f'p_{m}_holm'))})" if has else "",
                               "ci": ci(r, f"delta_{m}", signed=True) if has else "", "v": _v(d) if has else ""})
-        rows.append({"cls": "reported" if reported else ("baseline" if r.get("is_baseline") is True else "ours"), "cells": cells})
+        rows.append({"cls": "reported" if reported else ("baseline" if is_baseline(r) else "ours"), "cells": cells})
     return cols, rows
 
 

@@ -45,6 +45,11 @@ def pvalue(p) -> str:
     return "<0.001" if p < 0.001 else f"{p:.3f}"
 
 
+def is_baseline(row: pd.Series) -> bool:
+    v = row.get("is_baseline")
+    return v is not None and not pd.isna(v) and bool(v)
+
+
 def rank_cell(row: pd.Series) -> tuple[str, str]:
     if row.get("kind") == "reported":
         return "ref", ""
@@ -108,8 +113,8 @@ def terminal(lb: Leaderboard, console=None) -> None:
     for _, row in t.iterrows():
         rank, change = rank_cell(row)
         reported = row.get("kind") == "reported"
-        style = "italic dim" if reported else ("bold" if row.get("is_baseline") is True else None)
-        name = f"{row['name']}{' † reported' if reported else ''}{' (baseline)' if row.get('is_baseline') is True else ''}"
+        style = "italic dim" if reported else ("bold" if is_baseline(row) else None)
+        name = f"{row['name']}{' † reported' if reported else ''}{' (baseline)' if is_baseline(row) else ''}"
         cells = [rank, change, name, "" if reported else str(int(row["n_seeds"]))]
         cells += [_compact(row, m) for m in metrics] + [_compact(row, x) for x in extras]
         if wide:
@@ -131,14 +136,14 @@ def terminal(lb: Leaderboard, console=None) -> None:
 def comparison_table(lb: Leaderboard):
     from rich.table import Table
 
-    base = lb.table.loc[lb.table.get("is_baseline", pd.Series(False, index=lb.table.index)) == True, "name"]  # noqa: E712
-    table = Table(title=f"against the baseline {base.iloc[0] if len(base) else ''}: Δ [95% CI] (Holm-adjusted p)",
+    base = [row["name"] for _, row in lb.table.iterrows() if is_baseline(row)]
+    table = Table(title=f"against the baseline {base[0] if base else ''}: Δ [95% CI] (Holm-adjusted p)",
                   title_justify="left")
     table.add_column("configuration", ratio=1, overflow="fold")
     for m in HEADLINE:
         table.add_column(f"Δ{LABELS[m]}", justify="right", no_wrap=True)
     for _, row in lb.table.iterrows():
-        if row.get("kind") != "ours" or row.get("is_baseline") is True or pd.isna(row.get("delta_auc")):
+        if row.get("kind") != "ours" or is_baseline(row) or pd.isna(row.get("delta_auc")):
             continue
         table.add_row(row["name"], *(f"{num(row[f'delta_{m}'], signed=True)} ({pvalue(row.get(f'p_{m}_holm'))})\n"
                                      f"{ci(row, f'delta_{m}', signed=True)}" for m in HEADLINE))
@@ -246,7 +251,7 @@ def markdown(lb: Leaderboard) -> str:
     for _, row in t.iterrows():
         rank, change = rank_cell(row)
         reported = row.get("kind") == "reported"
-        name = f"*{row['name']}* †" if reported else (f"**{row['name']}** (baseline)" if row.get("is_baseline") is True else row["name"])
+        name = f"*{row['name']}* †" if reported else (f"**{row['name']}** (baseline)" if is_baseline(row) else row["name"])
         cells = [rank, change, name, "" if reported else str(int(row["n_seeds"]))]
         cells += [metric_cell(row, m) for m in S.METRICS] + [metric_cell(row, x) for x in extras]
         cells += ["" if reported else num(row.get("wall_s"), 0), "" if reported else num(row.get("images_per_s"), 1)]

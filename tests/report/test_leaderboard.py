@@ -120,8 +120,9 @@ def test_extra_test_sets_and_the_shortcut_audit(tmp_path):
     assert sc["auc[no_lungs]_lo"] > 0.5 and bool(sc["shortcut"])  # no lungs, still well above chance
     assert sc["auc[lungs_only]_lo"] < 0.5 < sc["auc[lungs_only]_hi"]
     assert "auc[no_lungs][extra:medseg]" in lb.shortcut
-    on_extra = build([tmp_path / "results"], n_boot=200, split="extra:medseg")
+    on_extra = build([tmp_path / "results"], n_boot=200, split="extra:medseg", baseline="view=full")
     assert on_extra.meta["rank_vs"] == "test" and (on_extra.table["kind"] == "ours").all()  # no paper rows off test
+    assert "**view=full** (baseline)" in render.markdown(on_extra)
     out = io.StringIO()
     render.terminal(lb, Console(file=out, width=200))
     assert "shortcut audit" in out.getvalue() and "AUC medseg" in out.getvalue()
