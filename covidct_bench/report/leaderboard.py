@@ -264,7 +264,8 @@ def _comparison(es: dict[str, Entry], sums: dict[str, dict], split: str, baselin
             row.update({f"delta_{m}": float(np.nanmean(pa[m]) - np.nanmean(pb[m])), f"delta_{m}_lo": lo,
                         f"delta_{m}_hi": hi, f"p_{m}": S.bootstrap_p(d)})
         try:
-            row["p_auc"] = S.delong_contrast(a.y, a.score, b.score)[2]
+            clustered = len(np.unique(a.patient_id)) < len(a.patient_id)
+            row["p_auc"] = S.delong_contrast(a.y, a.score, b.score, a.patient_id if clustered else None)[2]
         except ValueError:
             row["p_auc"] = float("nan")
         rows.append(row)
@@ -361,12 +362,13 @@ def build(paths: list[str | Path] | None = None, *, grid: str | None = None, spl
     ref = _reference_rows(grids, reference) if split == "test" else pd.DataFrame()
     reported = ref[ref["status"] == "reported, not reproduced"] if len(ref) else ref
     if baseline is not None:
-        base = _resolve_baseline(baseline, names, entry_by_name, list(reported["label"]) if len(reported) else [])
+        base = _resolve_baseline(baseline, names, entry_by_name,
+                                 [*reported["label"], *reported["short"]] if len(reported) else [])
         comp = _comparison(entry_by_name, sums, split, base, resampler)
         table = table.merge(comp, on="name", how="left")
         table["is_baseline"] = table["name"] == base
     if len(reported):
-        rep = pd.DataFrame({"name": reported["label"], "kind": "reported", "grid": reported["table"],
+        rep = pd.DataFrame({"name": reported["short"], "label": reported["label"], "kind": "reported", "grid": reported["table"],
                             "test_set": reported["test_set"], "accuracy": reported["accuracy"], "f1": reported["f1"],
                             "auc": reported["auc"], "status": reported["status"], "source": reported["source"]})
         table = pd.concat([table, rep], ignore_index=True)
@@ -377,16 +379,17 @@ def build(paths: list[str | Path] | None = None, *, grid: str | None = None, spl
     ablation = ablation_effects(grids, scored, sums)
     meta = {"split": split, "sort": sort, "baseline": baseline, "n_boot": n_boot, "seed": seed, "rank_vs": rank_vs,
             "method": S.method_note(n_boot, seed, by_patient=by_patient),
-            "tests": ("paired differences against the baseline: DeLong's test for AUC (on the mean AUC over seeds; "
-                      "images treated as independent), paired patient bootstrap for the other metrics; "
-                      "p-values Holm-adjusted across the table, per metric") if baseline else None,
+            "tests": ("paired differences against the baseline: DeLong's test for AUC (of the mean AUC over seeds; "
+                      + ("clustered by patient, Obuchowski 1997" if by_patient else "one image per patient") +
+                      "), paired patient bootstrap for the other metrics; p-values Holm-adjusted across the table, "
+                      "per metric") if baseline else None,
             "positive_class": "COVID = 1", "grids": [grid_meta(g) for g in grids],
             "reference": (reference_notes(ref) if len(ref) else [])}
     return Leaderboard(table, ablation, shortcut_audit(scored, sums, extra_sums), entries_, meta)
 
 
 def reference_notes(ref: pd.DataFrame) -> list[dict]:
-    return [{"table": r["table"], "label": r["label"], "test_set": r["test_set"], "source": r["source"],
+    return [{"table": r["table"], "label": r["label"], "short": r["short"], "test_set": r["test_set"], "source": r["source"],
              "status": r["status"], **{m: r[m] for m in ("accuracy", "f1", "auc")},
              "cell": {k.removeprefix("ref_"): v for k, v in r.items() if k.startswith("ref_") and pd.notna(v)}}
             for _, r in ref.iterrows()]

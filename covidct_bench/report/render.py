@@ -72,19 +72,20 @@ def footnotes(lb: Leaderboard) -> list[str]:
         notes.append(f"Δ columns: {lb.meta['tests']}.")
     for r in lb.meta.get("reference", []):
         if r["status"] == "reported, not reproduced":
-            notes.append(f"reported† {r['label']}: reported, not reproduced; test set: {r['test_set']}; source: {r['source']}.")
+            notes.append(f"† {r['short']}: {r['label']}; reported, not reproduced; test set: {r['test_set']}; "
+                         f"source: {r['source']}.")
     return notes
 
 
 # ------------------------------------------------------------------------------------------ terminal
 def _compact(row: pd.Series, m: str) -> str:
-    """``0.831±0.009`` over ``[0.781,0.881]`` (two lines, for narrow terminals)."""
+    """``0.831±0.009`` over ``[.781,.881]`` (two lines, for narrow terminals)."""
     v = num(row.get(m))
     sd = row.get(f"{m}_sd")
     if sd is not None and pd.notna(sd):
         v += f"±{num(sd)}"
     lo, hi = row.get(f"{m}_lo"), row.get(f"{m}_hi")
-    return v if lo is None or pd.isna(lo) else f"{v}\n[{num(lo)},{num(hi)}]"
+    return v if lo is None or pd.isna(lo) else f"{v}\n[{num(lo).removeprefix('0')},{num(hi).removeprefix('0')}]"
 
 
 def terminal(lb: Leaderboard, console=None) -> None:
@@ -101,7 +102,7 @@ def terminal(lb: Leaderboard, console=None) -> None:
                         f"(mean±sd over seeds, [95% CI])", title_justify="left")
     table.add_column("#", justify="right")
     table.add_column("Δ", justify="right")
-    table.add_column("configuration", ratio=1, overflow="fold")
+    table.add_column("configuration", ratio=1, min_width=16, overflow="fold")
     table.add_column("n", justify="right")
     for m in metrics:
         table.add_column(LABELS[m], justify="right", no_wrap=True)
@@ -114,7 +115,7 @@ def terminal(lb: Leaderboard, console=None) -> None:
         rank, change = rank_cell(row)
         reported = row.get("kind") == "reported"
         style = "italic dim" if reported else ("bold" if is_baseline(row) else None)
-        name = f"{row['name']}{' † reported' if reported else ''}{' (baseline)' if is_baseline(row) else ''}"
+        name = f"{row['name']}{' †' if reported else ''}{' (baseline)' if is_baseline(row) else ''}"
         cells = [rank, change, name, "" if reported else str(int(row["n_seeds"]))]
         cells += [_compact(row, m) for m in metrics] + [_compact(row, x) for x in extras]
         if wide:

@@ -14,8 +14,9 @@ of two configurations in resample ``b`` is a paired difference.
 **DeLong.** AUCs of several scores on the same images and their covariance by DeLong, DeLong &
 Clarke-Pearson (1988), computed with midranks as in Sun & Xu (2014). A contrast of AUCs (e.g. the
 mean over seeds of one configuration minus the mean over seeds of another) gets its variance from
-the same covariance. DeLong treats images as independent, so on clustered data (several images per
-patient) its p-values are somewhat optimistic; the bootstrap intervals are the patient-level ones.
+the same covariance. DeLong treats images as independent; with several images per patient the
+structural components are summed per patient (Obuchowski 1997, the clustered extension), otherwise
+correlated slices of one scan would pass for independent evidence and the p-values would be too small.
 """
 
 from __future__ import annotations
@@ -139,8 +140,13 @@ def bootstrap_p(delta: np.ndarray) -> float:
 
 
 # ------------------------------------------------------------------------------------------- DeLong
-def delong(y_true, scores) -> tuple[np.ndarray, np.ndarray]:
-    """AUCs of K scores [K, N] on the same images and their DeLong covariance [K, K]."""
+def delong(y_true, scores, clusters=None) -> tuple[np.ndarray, np.ndarray]:
+    """AUCs of K scores [K, N] on the same images and their DeLong covariance [K, K].
+
+    With ``clusters`` (a patient id per image), the structural components are summed per patient and
+    the covariance is Obuchowski's (1997) clustered extension of DeLong's, so several images of one
+    patient are not counted as independent evidence; with one image per patient it is DeLong's up to
+    a factor I(M-1)/((I-1)M) that tends to 1."""
     y = np.asarray(y_true).astype(bool)
     s = np.atleast_2d(np.asarray(scores, dtype=np.float64))
     m, n = int(y.sum()), int((~y).sum())
@@ -152,15 +158,31 @@ def delong(y_true, scores) -> tuple[np.ndarray, np.ndarray]:
     aucs = (tz[:, :m].sum(1) - m * (m + 1) / 2) / (m * n)
     v10 = (tz[:, :m] - tx) / n  # per positive image: share of negatives it outranks
     v01 = 1 - (tz[:, m:] - ty) / m  # per negative image: share of positives that outrank it
-    cov = np.atleast_2d(np.cov(v10)) / m + np.atleast_2d(np.cov(v01)) / n
-    return aucs, cov
+    if clusters is None:
+        cov = np.atleast_2d(np.cov(v10)) / m + np.atleast_2d(np.cov(v01)) / n
+        return aucs, cov
+    _, c = np.unique(np.asarray(clusters).astype(str), return_inverse=True)
+    k = c.max() + 1
+    if k < 2:
+        raise ValueError("a clustered DeLong needs at least two patients")
+
+    def per_cluster(v: np.ndarray, members: np.ndarray) -> np.ndarray:
+        return np.stack([np.bincount(members, weights=row, minlength=k) for row in v])
+
+    m_i, n_i = np.bincount(c[y], minlength=k), np.bincount(c[~y], minlength=k)
+    a = per_cluster(v10, c[y]) - m_i * aucs[:, None]  # [K, I]
+    b = per_cluster(v01, c[~y]) - n_i * aucs[:, None]
+    f = k / (k - 1)
+    s10, s01, s11 = f * a @ a.T / m, f * b @ b.T / n, f * a @ b.T
+    return aucs, s10 / m + s01 / n + (s11 + s11.T) / (m * n)
 
 
-def delong_contrast(y_true, scores_a, scores_b) -> tuple[float, float, float]:
+def delong_contrast(y_true, scores_a, scores_b, clusters=None) -> tuple[float, float, float]:
     """Difference of mean AUC (over the rows of ``scores_a`` minus over those of ``scores_b``, all on
-    the same images), its DeLong standard error and two-sided p-value."""
+    the same images), its DeLong standard error and two-sided p-value (clustered by patient when
+    ``clusters`` is given)."""
     a, b = np.atleast_2d(scores_a), np.atleast_2d(scores_b)
-    aucs, cov = delong(y_true, np.concatenate([a, b]))
+    aucs, cov = delong(y_true, np.concatenate([a, b]), clusters)
     c = np.r_[np.full(len(a), 1 / len(a)), np.full(len(b), -1 / len(b))]
     diff, var = float(c @ aucs), float(c @ cov @ c)
     if var <= 1e-15:

@@ -23,6 +23,7 @@ class ReferenceRow(BaseModel):
 
     table: str
     label: str | None = None
+    short: str | None = Field(None, description="a short name for narrow tables (default: label)")
     cell: dict[str, Any] = {}
     accuracy: float | None = Field(None, ge=0, le=1)
     f1: float | None = Field(None, ge=0, le=1)
@@ -68,7 +69,8 @@ def reference_table(table: str | None = None, path: str | Path | None = None) ->
         if table is not None and r.table not in (table, "baselines", "headline"):
             continue
         reported = any(v is not None for v in (r.accuracy, r.f1, r.auc))
-        rows.append({"table": r.table, "label": r.label or f"{r.table}: " + ",".join(f"{k}={v}" for k, v in r.cell.items()),
+        label = r.label or f"{r.table}: " + ",".join(f"{k}={v}" for k, v in r.cell.items())
+        rows.append({"table": r.table, "label": label, "short": r.short or label,
                      **{f"ref_{k}": v for k, v in r.cell.items()}, "accuracy": r.accuracy, "f1": r.f1, "auc": r.auc,
                      "test_set": r.test_set, "source": r.transcribed_from,
                      "status": "reported, not reproduced" if reported else "not transcribed"})

@@ -50,13 +50,14 @@ def test_rows_are_configurations_with_seed_spread_and_patient_intervals(toy_resu
 def test_reference_rows_are_marked_reported_with_their_test_set(toy_results):
     lb = build([toy_results], n_boot=200)
     rep = lb.table[lb.table["kind"] == "reported"]
-    densenet = rep[rep["name"].str.startswith("DenseNet-169")].iloc[0]
+    densenet = rep[rep["name"] == "DenseNet-169 ImageNet (upstream)"].iloc[0]
     assert (densenet["accuracy"], densenet["f1"], densenet["auc"]) == (0.847, 0.854, 0.919)
     assert densenet["status"] == "reported, not reproduced" and "official test split" in densenet["test_set"]
     assert rep["rank"].isna().all()  # never ranked among ours
     md = render.markdown(lb)
-    assert "*DenseNet-169, ImageNet transfer (upstream baseline)* †" in md
-    assert "reported, not reproduced; test set: COVID-CT official test split" in md
+    assert "*DenseNet-169 ImageNet (upstream)* †" in md
+    assert ("† DenseNet-169 ImageNet (upstream): DenseNet-169, ImageNet transfer (upstream baseline); reported, not "
+            "reproduced; test set: COVID-CT official test split") in md
 
 
 def test_baseline_comparison_with_paired_tests_and_holm(toy_results):

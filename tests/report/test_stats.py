@@ -165,6 +165,66 @@ def test_delong_is_calibrated_under_the_null_and_identical_scores_give_p_1():
         S.delong(np.r_[1, 0, 0], np.array([[0.1, 0.2, 0.3]]))
 
 
+def _naive_obuchowski(y, scores, clusters):
+    """Obuchowski (1997) clustered AUC covariance by its definitions (psi over all image pairs)."""
+    ids, c = np.unique(clusters, return_inverse=True)
+    k = len(ids)
+    pos, neg = scores[:, y == 1], scores[:, y == 0]
+    m, n = pos.shape[1], neg.shape[1]
+    psi = (pos[:, :, None] > neg[:, None, :]) + 0.5 * (pos[:, :, None] == neg[:, None, :])
+    theta = psi.mean((1, 2))
+    v10, v01 = psi.sum(2) / n, psi.sum(1) / m
+    cp, cn = c[y == 1], c[y == 0]
+    cov = np.zeros((len(scores), len(scores)))
+    for r in range(len(scores)):
+        for s in range(len(scores)):
+            a_r = np.array([v10[r, cp == i].sum() - (cp == i).sum() * theta[r] for i in range(k)])
+            a_s = np.array([v10[s, cp == i].sum() - (cp == i).sum() * theta[s] for i in range(k)])
+            b_r = np.array([v01[r, cn == i].sum() - (cn == i).sum() * theta[r] for i in range(k)])
+            b_s = np.array([v01[s, cn == i].sum() - (cn == i).sum() * theta[s] for i in range(k)])
+            s10 = k / ((k - 1) * m) * np.sum(a_r * a_s)
+            s01 = k / ((k - 1) * n) * np.sum(b_r * b_s)
+            s11 = k / (k - 1) * (np.sum(a_r * b_s) + np.sum(a_s * b_r))
+            cov[r, s] = s10 / m + s01 / n + s11 / (m * n)
+    return theta, cov
+
+
+def test_clustered_delong_matches_obuchowski_and_reduces_to_delong_without_clusters():
+    rng = np.random.default_rng(8)
+    # 25 patients, 1-4 images each; some patients have images of both classes (S11 terms)
+    sizes = rng.integers(1, 5, 25)
+    clusters = np.repeat(np.arange(25), sizes).astype(str)
+    y = (rng.uniform(size=len(clusters)) < 0.5).astype(int)
+    a = np.round(rng.normal(y, 1), 1)
+    b = np.round(0.5 * a + rng.normal(0.5 * y, 1), 1)
+    aucs, cov = S.delong(y, np.stack([a, b]), clusters)
+    ref_aucs, ref_cov = _naive_obuchowski(y, np.stack([a, b]), clusters)
+    np.testing.assert_allclose(aucs, ref_aucs, atol=1e-12)
+    np.testing.assert_allclose(cov, ref_cov, atol=1e-12)
+    # one image per patient: DeLong's variance up to I(M-1)/((I-1)M)
+    y1 = np.r_[np.ones(40, int), np.zeros(60, int)]
+    s1 = rng.normal(y1, 1)
+    _, plain = S.delong(y1, s1)
+    _, clustered = S.delong(y1, s1, np.arange(100))
+    assert clustered[0, 0] / plain[0, 0] == pytest.approx(np.mean([100 * 39 / (99 * 40), 100 * 59 / (99 * 60)]), rel=0.05)
+
+
+def test_clustered_delong_keeps_its_level_where_plain_delong_does_not():
+    """Null: two equally good classifiers, 20 patients per class with 8 correlated slices each."""
+    rng = np.random.default_rng(9)
+    plain = clustered = 0
+    draws = 300
+    y = np.repeat(np.r_[np.ones(20, int), np.zeros(20, int)], 8)
+    pid = np.repeat(np.arange(40), 8)
+    for _ in range(draws):
+        a = y + np.repeat(rng.normal(0, 1, 40), 8) + rng.normal(0, 0.5, len(y))
+        b = y + np.repeat(rng.normal(0, 1, 40), 8) + rng.normal(0, 0.5, len(y))
+        plain += S.delong_contrast(y, a, b)[2] < 0.05
+        clustered += S.delong_contrast(y, a, b, pid)[2] < 0.05
+    assert plain / draws > 0.2  # slices counted as independent patients: far too many false positives
+    assert 0.02 <= clustered / draws <= 0.1, clustered / draws
+
+
 def test_holm_adjusts_step_down_and_keeps_nan():
     p = np.array([0.01, 0.04, 0.03, np.nan, 0.005])
     # sorted: 0.005*4, 0.01*3, 0.03*2, 0.04*1 -> 0.02, 0.03, 0.06, max(0.06, 0.04)
