@@ -57,7 +57,7 @@ def _leaderboard(lb: Leaderboard) -> tuple[list[Column], list[dict]]:
         cells = [{"text": rank, "v": _v(r.get("rank")) if not reported else ""},
                  {"text": change, "v": _v(r.get("rank_change")) if not reported else ""},
                  {"text": r["name"], "name": True, "v": "", "tag": "reported" if reported else ("baseline" if is_baseline(r) else ""),
-                  "ci": r.get("test_set") if reported else ""},
+                  "ci": r.get("test_set") or ""},
                  {"text": "" if reported else str(int(r["n_seeds"])), "v": "" if reported else _v(r["n_seeds"])}]
         cells += [_metric(r, m) for m in S.METRICS] + [_metric(r, x) for x in extras]
         cells += [{"text": "" if reported else num(r.get("wall_s"), 0), "v": "" if reported else _v(r.get("wall_s"))},
