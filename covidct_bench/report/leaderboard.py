@@ -115,16 +115,25 @@ def grid_dirs(paths: list[str | Path], grid: str | None = None) -> list[Path]:
 
 
 def load_grids(paths: list[str | Path], grid: str | None = None) -> list[GridResults]:
+    """The grids under ``paths`` that have finished final trials (a grid still searching is left out
+    when it was found in a folder of grids; named on its own, it is an error)."""
     out: dict[str, GridResults] = {}
+    named = {Path(p).resolve() for p in paths if (Path(p) / R.ROWS).is_dir()}
+    empty = []
     for d in grid_dirs(paths, grid):
         rows = R.read_results(d, required=ROW_COLUMNS)
         final = R.finished(rows, "final") if len(rows) else rows
         if not len(final):
-            raise BenchError(f"{d}: no finished final trial yet (grid status shows what is missing)")
+            if d.resolve() in named:
+                raise BenchError(f"{d}: no finished final trial yet (grid status shows what is missing)")
+            empty.append(d)
+            continue
         name = str(final["grid"].iloc[0])
         if name in out:
             raise BenchError(f"grid {name!r} found twice ({out[name].path} and {d}): pass one of them")
         out[name] = GridResults(name, d, rows, R.read_spec(d))
+    if not out:
+        raise BenchError(f"{', '.join(map(str, empty))}: no finished final trial yet (grid status shows what is missing)")
     return list(out.values())
 
 
@@ -319,7 +328,7 @@ def build(paths: list[str | Path] | None = None, *, grid: str | None = None, spl
         raise BenchError(f"--split {split}: no predictions on that split (have: {', '.join(have) or 'none'})")
     resampler = _resampler(scored, split, n_boot, seed)
     sums = _summaries(scored, split, resampler)
-    by_patient = any(len(np.unique(e.scored[split].patient_id)) < len(e.scored[split].y) for e in scored)
+    clustered = any(len(np.unique(e.scored[split].patient_id)) < len(e.scored[split].y) for e in scored)
 
     extras = sorted({s for e in es for s in e.scored if s.startswith("extra:") and s != split})
     extra_sums = {}
@@ -378,9 +387,9 @@ def build(paths: list[str | Path] | None = None, *, grid: str | None = None, spl
     entries_ = {e.name: e for e in scored}
     ablation = ablation_effects(grids, scored, sums)
     meta = {"split": split, "sort": sort, "baseline": baseline, "n_boot": n_boot, "seed": seed, "rank_vs": rank_vs,
-            "method": S.method_note(n_boot, seed, by_patient=by_patient),
+            "method": S.method_note(n_boot, seed, clustered=clustered),
             "tests": ("paired differences against the baseline: DeLong's test for AUC (of the mean AUC over seeds; "
-                      + ("clustered by patient, Obuchowski 1997" if by_patient else "one image per patient") +
+                      + ("clustered by patient, Obuchowski 1997" if clustered else "one image per patient") +
                       "), paired patient bootstrap for the other metrics; p-values Holm-adjusted across the table, "
                       "per metric") if baseline else None,
             "positive_class": "COVID = 1", "grids": [grid_meta(g) for g in grids],

@@ -31,12 +31,13 @@ METRICS = (*CLASS_METRICS, "auc")
 LEVEL = 0.95
 
 
-def method_note(n_boot: int, seed: int, level: float = LEVEL, by_patient: bool = True) -> str:
-    unit = "patients" if by_patient else "images (no patient ids)"
+def method_note(n_boot: int, seed: int, level: float = LEVEL, clustered: bool = True) -> str:
+    """How the intervals were made, for the report's footnotes (``clustered``: patients have several images)."""
+    unit = "patients" if clustered else "patients (one image each here)"
     return (f"{level:.0%} percentile intervals from a stratified bootstrap over {unit} ({n_boot} resamples, seed {seed}): "
-            f"{unit.split(' ')[0]} are drawn with replacement within each class (COVID = positive); a configuration's "
-            "statistic is the mean over its seeds of the metric on the resampled test images, with the same resamples "
-            "for every configuration (paired)")
+            "patients are drawn with replacement within each class (COVID = positive), each with all its images; a "
+            "configuration's statistic is the mean over its seeds of the metric on the resampled test images, with the "
+            "same resamples for every configuration (paired)")
 
 
 # ------------------------------------------------------------------------------------------ resampling

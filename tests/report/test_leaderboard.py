@@ -171,6 +171,11 @@ def test_several_results_folders_and_grid_filter(tmp_path):
     assert set(ours["name"]) == {"g1/masks=none", "g1/masks=lung", "g2/backbone=resnet18"}
     assert len(lb.meta["grids"]) == 2
     assert set(build([tmp_path / "a", tmp_path / "b"], grid="g2", n_boot=200).table.query("kind == 'ours'")["name"]) == {"backbone=resnet18"}
+    # a grid still running its search (no final trial yet) is left out of a folder of grids
+    R.write_failure(tmp_path / "a" / "g3", {"grid": "g3", "phase": "search", "cell": "default", "config_hash": "x", "seed": 0}, "boom")
+    assert len(build([tmp_path / "a"], n_boot=200).meta["grids"]) == 1
+    with pytest.raises(BenchError, match="g3: no finished final trial yet"):
+        build([tmp_path / "a" / "g3"], n_boot=200)
     make_grid_results(tmp_path / "c", name="g1", axes={"masks": ["none"]}, seeds=(0,))
     with pytest.raises(BenchError, match="grid 'g1' found twice"):
         build([tmp_path / "a", tmp_path / "c"], n_boot=200)
