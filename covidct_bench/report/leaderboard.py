@@ -246,8 +246,7 @@ def _rank(values: pd.Series, metric: str) -> pd.Series:
     return values.rank(ascending=metric in LOWER_IS_BETTER, method="min", na_option="keep")
 
 
-def _comparison(es: dict[str, Entry], sums: dict[str, dict], split: str, baseline: str,
-                resampler: S.Resampler) -> pd.DataFrame:
+def _comparison(sums: dict[str, dict], baseline: str, resampler: S.Resampler) -> pd.DataFrame:
     """Each configuration minus the baseline: delta, its interval and paired p-value (DeLong for AUC,
     paired bootstrap otherwise), Holm-adjusted across the table per metric."""
     base = sums[baseline]
@@ -373,7 +372,7 @@ def build(paths: list[str | Path] | None = None, *, grid: str | None = None, spl
     if baseline is not None:
         base = _resolve_baseline(baseline, names, entry_by_name,
                                  [*reported["label"], *reported["short"]] if len(reported) else [])
-        comp = _comparison(entry_by_name, sums, split, base, resampler)
+        comp = _comparison(sums, base, resampler)
         table = table.merge(comp, on="name", how="left")
         table["is_baseline"] = table["name"] == base
     if len(reported):
