@@ -217,6 +217,8 @@ def paper_layout(lb: Leaderboard) -> list[str]:
         header = [", ".join(row_axes) or "configuration"]
         for cv in col_values:
             header += [f"{LABELS[m]}{f' ({col_axis}={cv})' if cv is not None else ''}" for m in HEADLINE]
+        transcribed = any(r["table"] == ref_table and r["status"] == "reported, not reproduced"
+                          for r in lb.meta.get("reference", []))
         body = []
         for rv in row_values:
             cells = [", ".join(rv) or "default"]
@@ -226,16 +228,19 @@ def paper_layout(lb: Leaderboard) -> list[str]:
                 rep = _reported_for(lb, ref_table, axes_)
                 for m in HEADLINE:
                     v = metric_cell(r, m) if r is not None else "not run"
-                    if ref_table:
+                    if transcribed:
                         v += f" ({num(rep[m])})" if rep is not None and rep[m] is not None and pd.notna(rep[m]) else " (n/t)"
                     cells.append(v)
             body.append(cells)
         out += [f"### {g['grid']}" + (f" — {g['description']}" if g.get("description") else ""), ""]
         out += _md_table(header, body, ["---"] + ["---:"] * (len(header) - 1))
-        if ref_table:
-            out += ["", f"Mean ± sd over seeds [{int(S.LEVEL * 100)}% CI]; in parentheses: the paper's {ref_table} "
-                        "(reported, not reproduced); n/t: not transcribed."]
-        out.append("")
+        note = f"Mean ± sd over seeds [{int(S.LEVEL * 100)}% CI]"
+        if transcribed:
+            note += f"; in parentheses: the paper's {ref_table} (reported, not reproduced); n/t: not transcribed."
+        elif ref_table:
+            note += (f"; the paper's {ref_table} numbers are not transcribed in ablations/reference/paper.yaml "
+                     "(fill them in to show them here).")
+        out += ["", note, ""]
     return out
 
 

@@ -135,6 +135,9 @@ def test_paper_layout_puts_reported_numbers_beside_ours(toy_results, tmp_path):
                         "f1": 0.702, "auc": 0.703, "test_set": "toy test", "transcribed_from": "test fixture"})
     ref["rows"].append({"table": "toy", "cell": {"backbone": "resnet18", "masks": "lung"}})
     spec = R.read_spec(toy_results / "toy")
+    R.write_spec(toy_results / "toy", {**spec, "reference": "table7"}, None)  # shipped: cells listed, none transcribed
+    md = render.markdown(build([toy_results], n_boot=200))
+    assert "the paper's table7 numbers are not transcribed" in md and "(n/t)" not in md
     R.write_spec(toy_results / "toy", {**spec, "reference": "toy"}, None)
     path = tmp_path / "ref.yaml"
     path.write_text(yaml.safe_dump(ref))
