@@ -152,16 +152,19 @@ def test_paper_layout_puts_reported_numbers_beside_ours(toy_results, tmp_path):
 
 
 def test_exports_csv_json_markdown_and_table(toy_results, tmp_path):
-    csv_out, json_out, md_out = tmp_path / "lb.csv", tmp_path / "lb.json", tmp_path / "lb.md"
-    for fmt, out in (("csv", csv_out), ("json", json_out), ("md", md_out)):
-        r = cli(toy_results, "--format", fmt, "--out", out, "--boot", 300, "--baseline", WORST)
-        assert r.returncode == 0, r.stderr
+    from covidct_bench.report.leaderboard import to_json
+
+    csv_out = tmp_path / "lb.csv"
+    r = cli(toy_results, "--format", "csv", "--out", csv_out, "--boot", 300, "--baseline", WORST)
+    assert r.returncode == 0, r.stderr
     df = pd.read_csv(csv_out)
     assert {"auc", "auc_lo", "auc_hi", "auc_sd", "rank", "rank_change", "delta_auc", "p_auc_holm", "kind"} <= set(df.columns)
     assert (df["kind"] == "ours").sum() == 4
-    data = json.loads(json_out.read_text())
+    lb = build([toy_results], baseline=WORST, n_boot=300)
+    data = json.loads(to_json(lb))
     assert data["meta"]["n_boot"] == 300 and len(data["leaderboard"]) == len(df) and data["ablation"]
-    assert md_out.read_text().startswith("## Leaderboard (test split, sorted by auc)")
+    np.testing.assert_allclose(pd.DataFrame(data["leaderboard"])["auc"], df["auc"], atol=1e-6)
+    assert render.markdown(lb).startswith("## Leaderboard (test split, sorted by auc)")
     r = cli(toy_results, "--sort", "accuracy", "--boot", 200)
     assert r.returncode == 0 and "sorted by accuracy" in r.stdout and BEST in r.stdout
 

@@ -66,8 +66,7 @@ def test_same_seed_same_metrics_and_resume_continues_exactly(straight, synthetic
     resumed = run_training(tiny(synthetic_root, epochs=2), tmp_path / "resumed", resume=True)
     pd.testing.assert_frame_equal(comparable(resumed.metrics), comparable(straight.metrics))
     pd.testing.assert_frame_equal(resumed.predictions, straight.predictions)
-    other = run_training(tiny(synthetic_root, epochs=1, seed=1), tmp_path / "seed1")
-    assert not other.predictions["score"].equals(first.predictions["score"])
+    # that another seed gives other scores is checked on the two seeds of the Optuna grid test
 
 
 def test_multitask_with_lung_mask_channel(synthetic_root, ray_local, tmp_path):

@@ -14,6 +14,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -128,6 +129,10 @@ def test_optuna_search_picks_the_best_validation_params(tmp_path, grid_root):
     final = df[df["phase"] == "final"]
     assert sorted(final["seed"].unique()) == [0, 1] and set(final["split"]) == {"val", "test"}
     assert {json.loads(x)["lr"] for x in final["params"]} == {best["lr"]}
+    # same configuration, another seed: other scores
+    scores = [pd.read_parquet(results / "search" / "predictions" / f"{h}.parquet").query("split == 'test'")
+              .sort_values("image_id")["score"].to_numpy() for h in final.drop_duplicates("seed")["config_hash"]]
+    assert len(scores) == 2 and len(scores[0]) == len(scores[1]) and not np.array_equal(scores[0], scores[1])
 
 
 def _wait(cond, timeout: float, proc: subprocess.Popen | None = None, what: str = ""):
