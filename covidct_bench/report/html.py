@@ -4,7 +4,6 @@ with a sortable leaderboard, figures, ablation effects, the shortcut audit and r
 from __future__ import annotations
 
 import datetime as _dt
-import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,7 +13,8 @@ import pandas as pd
 from covidct_bench.report import plots
 from covidct_bench.report import stats as S
 from covidct_bench.report.leaderboard import Leaderboard
-from covidct_bench.report.render import HEADLINE, LABELS, ci, extra_columns, footnotes, is_baseline, num, pvalue, rank_cell
+from covidct_bench.report.render import (HEADLINE, LABELS, ci, extra_columns, footnotes, is_baseline, missing, num, pvalue,
+                                         rank_cell, shortcut_columns, shortcut_flag)
 
 TEMPLATE = "report.html.j2"
 
@@ -29,14 +29,14 @@ class Column:
 
 def _v(x) -> str:
     """A cell's sort key (``data-v``); empty for a missing value."""
-    if x is None or x is pd.NA or (isinstance(x, float) and math.isnan(x)):
+    if missing(x):
         return ""
     return repr(float(x))
 
 
 def _metric(row: pd.Series, m: str) -> dict:
     sd = row.get(f"{m}_sd")
-    text = num(row.get(m)) + (f" ± {num(sd)}" if sd is not None and pd.notna(sd) else "")
+    text = num(row.get(m)) + ("" if missing(sd) else f" ± {num(sd)}")
     return {"text": text, "ci": ci(row, m), "v": _v(row.get(m))}
 
 
@@ -65,7 +65,7 @@ def _leaderboard(lb: Leaderboard) -> tuple[list[Column], list[dict]]:
         if comparing:
             for m in HEADLINE:
                 d = r.get(f"delta_{m}")
-                has = d is not None and pd.notna(d)
+                has = not missing(d)
                 cells.append({"text": f"{num(d, signed=True)} (p {pvalue(r.get(f'p_{m}_holm'))})" if has else "",
                               "ci": ci(r, f"delta_{m}", signed=True) if has else "", "v": _v(d) if has else ""})
         rows.append({"cls": "reported" if reported else ("baseline" if is_baseline(r) else "ours"), "cells": cells})
@@ -88,13 +88,9 @@ def _shortcut(lb: Leaderboard) -> tuple[list[str], list[dict]]:
     sc = lb.shortcut
     if not len(sc):
         return [], []
-    cols = [c for c in sc.columns if c.startswith("auc[") and not c.endswith(("_lo", "_hi"))]
-    rows = []
-    for _, r in sc.iterrows():
-        flag = r.get("shortcut")
-        rows.append({"name": f"{r['grid']}: {r['configuration']}",
-                     "cells": [{"text": num(r.get(c)), "ci": ci(r, c)} for c in cols],
-                     "flag": "—" if flag is None or pd.isna(flag) else ("yes" if flag else "no")})
+    cols = shortcut_columns(sc)
+    rows = [{"name": f"{r['grid']}: {r['configuration']}", "cells": [{"text": num(r.get(c)), "ci": ci(r, c)} for c in cols],
+             "flag": shortcut_flag(r)} for _, r in sc.iterrows()]
     return [c.replace("auc", "AUC ") for c in cols], rows
 
 

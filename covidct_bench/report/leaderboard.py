@@ -51,23 +51,18 @@ class Scored:
         pos = pd.Index(self.image_id).get_indexer(image_ids)
         return Scored(self.image_id[pos], self.patient_id[pos], self.y[pos], self.score[:, pos], self.pred[:, pos])
 
+    def _by_seed(self, w: np.ndarray) -> dict[str, np.ndarray]:
+        """Each metric per seed and per row of weights ``w``: [S, B]."""
+        per = [S.weighted_metrics(w, self.y, score, pred) for score, pred in zip(self.score, self.pred)]
+        return {m: np.stack([p[m] for p in per]) for m in S.METRICS}
+
     def per_seed(self) -> dict[str, np.ndarray]:
         """Each metric per seed (no resampling)."""
-        ones = np.ones((1, len(self.y)))
-        out = {m: [] for m in S.METRICS}
-        for s in range(len(self.score)):
-            for m, v in S.weighted_metrics(ones, self.y, self.score[s], self.pred[s]).items():
-                out[m].append(float(v[0]))
-        return {m: np.array(v) for m, v in out.items()}
+        return {m: v[:, 0] for m, v in self._by_seed(np.ones((1, len(self.y)))).items()}
 
     def resampled(self, resampler: S.Resampler) -> dict[str, np.ndarray]:
         """Each metric's bootstrap distribution [B]: per resample, the mean over seeds."""
-        w = resampler.weights(self.patient_id)
-        acc = {m: np.zeros(resampler.n_boot) for m in S.METRICS}
-        for s in range(len(self.score)):
-            for m, v in S.weighted_metrics(w, self.y, self.score[s], self.pred[s]).items():
-                acc[m] += v
-        return {m: v / len(self.score) for m, v in acc.items()}
+        return {m: v.mean(0) for m, v in self._by_seed(resampler.weights(self.patient_id)).items()}
 
 
 @dataclass
@@ -242,6 +237,12 @@ def _summaries(es: list[Entry], split: str, resampler: S.Resampler) -> dict[str,
     return out
 
 
+def _estimate(summary: dict, metric: str, column: str) -> dict[str, float]:
+    """``column``: the mean over seeds; ``column_lo`` / ``column_hi``: its bootstrap interval."""
+    lo, hi = S.interval(summary["dist"][metric])
+    return {column: float(np.nanmean(summary["per_seed"][metric])), f"{column}_lo": lo, f"{column}_hi": hi}
+
+
 def _rank(values: pd.Series, metric: str) -> pd.Series:
     return values.rank(ascending=metric in LOWER_IS_BETTER, method="min", na_option="keep")
 
@@ -261,11 +262,10 @@ def _comparison(sums: dict[str, dict], baseline: str, resampler: S.Resampler) ->
             rows.append(row)
             continue
         if len(common) == len(a.image_id) == len(b.image_id):
-            da, db = s["dist"], base["dist"]
+            da, db, pa, pb = s["dist"], base["dist"], s["per_seed"], base["per_seed"]
         else:
             a, b = a.subset(common), b.subset(common)
-            da, db = a.resampled(resampler), b.resampled(resampler)
-        pa, pb = a.per_seed(), b.per_seed()
+            da, db, pa, pb = a.resampled(resampler), b.resampled(resampler), a.per_seed(), b.per_seed()
         for m in S.METRICS:
             d = da[m] - db[m]
             lo, hi = S.interval(d)
@@ -344,14 +344,12 @@ def build(paths: list[str | Path] | None = None, *, grid: str | None = None, spl
                "n_images": len(s["scored"].y), "n_patients": len(np.unique(s["scored"].patient_id))}
         for m in S.METRICS:
             vals = s["per_seed"][m]
-            lo, hi = S.interval(s["dist"][m])
-            rec.update({m: float(np.nanmean(vals)), f"{m}_sd": float(np.std(vals, ddof=1)) if len(vals) > 1 else float("nan"),
-                        f"{m}_lo": lo, f"{m}_hi": hi})
+            est = _estimate(s, m, m)
+            rec.update({m: est[m], f"{m}_sd": float(np.std(vals, ddof=1)) if len(vals) > 1 else float("nan"),
+                        f"{m}_lo": est[f"{m}_lo"], f"{m}_hi": est[f"{m}_hi"]})
         for x in extras:
             if e.name in extra_sums[x]:
-                xs = extra_sums[x][e.name]
-                lo, hi = S.interval(xs["dist"]["auc"])
-                rec.update({f"auc[{x}]": float(np.nanmean(xs["per_seed"]["auc"])), f"auc[{x}]_lo": lo, f"auc[{x}]_hi": hi})
+                rec.update(_estimate(extra_sums[x][e.name], "auc", f"auc[{x}]"))
         test_rows = e.rows[e.rows["split"] == split]
         vs_rows = e.rows[e.rows["split"] == rank_vs]
         rec.update(wall_s=float(test_rows["wall_s"].mean()), images_per_s=float(test_rows["images_per_s"].mean()),
@@ -479,14 +477,10 @@ def shortcut_audit(es: list[Entry], sums: dict[str, dict], extra_sums: dict[str,
             continue
         rest = ",".join(f"{k}={v}" for k, v in e.axes.items() if k != "view") or "-"
         row = rows.setdefault((e.grid, rest), {"grid": e.grid, "configuration": rest})
-        lo, hi = S.interval(sums[e.name]["dist"]["auc"])
-        row.update({f"auc[{view}]": float(np.nanmean(sums[e.name]["per_seed"]["auc"])), f"auc[{view}]_lo": lo,
-                    f"auc[{view}]_hi": hi})
+        row.update(_estimate(sums[e.name], "auc", f"auc[{view}]"))
         for x, xs in extra_sums.items():
             if e.name in xs:
-                lo, hi = S.interval(xs[e.name]["dist"]["auc"])
-                row.update({f"auc[{view}][{x}]": float(np.nanmean(xs[e.name]["per_seed"]["auc"])),
-                            f"auc[{view}][{x}]_lo": lo, f"auc[{view}][{x}]_hi": hi})
+                row.update(_estimate(xs[e.name], "auc", f"auc[{view}][{x}]"))
     out = pd.DataFrame(list(rows.values()))
     if len(out) and "auc[no_lungs]_lo" in out:
         out["shortcut"] = out["auc[no_lungs]_lo"] > 0.5

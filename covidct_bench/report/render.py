@@ -4,9 +4,7 @@ Markdown (the paper's table layout + the leaderboard + ablation effects) and CSV
 from __future__ import annotations
 
 import itertools
-import math
 
-import numpy as np
 import pandas as pd
 
 from covidct_bench.report import stats as S
@@ -16,15 +14,20 @@ LABELS = {"accuracy": "Acc", "f1": "F1", "auc": "AUC", "sensitivity": "Sens", "s
 HEADLINE = ("accuracy", "f1", "auc")
 
 
+def missing(v) -> bool:
+    """None, NaN or pandas' NA (a scalar cell of a leaderboard table)."""
+    return v is None or bool(pd.isna(v))
+
+
 def num(v, digits: int = 3, signed: bool = False) -> str:
-    if v is None or (isinstance(v, float) and math.isnan(v)) or v is pd.NA:
+    if missing(v):
         return "—"
     return f"{float(v):+.{digits}f}" if signed else f"{float(v):.{digits}f}"
 
 
 def ci(row: pd.Series, m: str, signed: bool = False) -> str:
     lo, hi = row.get(f"{m}_lo"), row.get(f"{m}_hi")
-    if lo is None or pd.isna(lo):
+    if missing(lo):
         return ""
     return f"[{num(lo, signed=signed)}, {num(hi, signed=signed)}]"
 
@@ -33,21 +36,21 @@ def metric_cell(row: pd.Series, m: str, sep: str = " ") -> str:
     """``0.847 ± 0.012 [0.80, 0.89]`` (sd over seeds, interval from the bootstrap)."""
     v = num(row.get(m))
     sd = row.get(f"{m}_sd")
-    if sd is not None and pd.notna(sd):
+    if not missing(sd):
         v += f" ± {num(sd)}"
     interval = ci(row, m)
     return f"{v}{sep}{interval}" if interval else v
 
 
 def pvalue(p) -> str:
-    if p is None or pd.isna(p):
+    if missing(p):
         return "—"
     return "<0.001" if p < 0.001 else f"{p:.3f}"
 
 
 def is_baseline(row: pd.Series) -> bool:
     v = row.get("is_baseline")
-    return v is not None and not pd.isna(v) and bool(v)
+    return not missing(v) and bool(v)
 
 
 def rank_cell(row: pd.Series) -> tuple[str, str]:
@@ -55,8 +58,18 @@ def rank_cell(row: pd.Series) -> tuple[str, str]:
         return "ref", ""
     rank = row.get("rank")
     change = row.get("rank_change")
-    ch = "" if change is None or pd.isna(change) else ("=" if change == 0 else f"{int(change):+d}")
-    return ("—" if rank is None or pd.isna(rank) else str(int(rank))), ch
+    ch = "" if missing(change) else ("=" if change == 0 else f"{int(change):+d}")
+    return ("—" if missing(rank) else str(int(rank))), ch
+
+
+def shortcut_columns(sc: pd.DataFrame) -> list[str]:
+    """The AUC columns of the shortcut audit (``auc[<view>]`` and ``auc[<view>][extra:<set>]``)."""
+    return [c for c in sc.columns if c.startswith("auc[") and not c.endswith(("_lo", "_hi"))]
+
+
+def shortcut_flag(row: pd.Series) -> str:
+    flag = row.get("shortcut")
+    return "—" if missing(flag) else ("yes" if flag else "no")
 
 
 def extra_columns(table: pd.DataFrame) -> list[str]:
@@ -82,10 +95,10 @@ def _compact(row: pd.Series, m: str) -> str:
     """``0.831±0.009`` over ``[.781,.881]`` (two lines, for narrow terminals)."""
     v = num(row.get(m))
     sd = row.get(f"{m}_sd")
-    if sd is not None and pd.notna(sd):
+    if not missing(sd):
         v += f"±{num(sd)}"
     lo, hi = row.get(f"{m}_lo"), row.get(f"{m}_hi")
-    return v if lo is None or pd.isna(lo) else f"{v}\n[{num(lo).removeprefix('0')},{num(hi).removeprefix('0')}]"
+    return v if missing(lo) else f"{v}\n[{num(lo).removeprefix('0')},{num(hi).removeprefix('0')}]"
 
 
 def terminal(lb: Leaderboard, console=None) -> None:
@@ -144,7 +157,7 @@ def comparison_table(lb: Leaderboard):
     for m in HEADLINE:
         table.add_column(f"Δ{LABELS[m]}", justify="right", no_wrap=True)
     for _, row in lb.table.iterrows():
-        if row.get("kind") != "ours" or is_baseline(row) or pd.isna(row.get("delta_auc")):
+        if row.get("kind") != "ours" or is_baseline(row) or missing(row.get("delta_auc")):
             continue
         table.add_row(row["name"], *(f"{num(row[f'delta_{m}'], signed=True)} ({pvalue(row.get(f'p_{m}_holm'))})\n"
                                      f"{ci(row, f'delta_{m}', signed=True)}" for m in HEADLINE))
@@ -167,16 +180,14 @@ def shortcut_table(lb: Leaderboard):
     from rich.table import Table
 
     sc = lb.shortcut
-    cols = [c for c in sc.columns if c.startswith("auc[") and not c.endswith(("_lo", "_hi"))]
+    cols = shortcut_columns(sc)
     table = Table(title="shortcut audit: AUC by view (lungs blacked out / lungs only); > 0.5 without lungs = a shortcut")
     table.add_column("configuration")
     for c in cols:
         table.add_column(c.replace("auc", "AUC "), justify="right")
     table.add_column("shortcut?", justify="center")
     for _, r in sc.iterrows():
-        flag = r.get("shortcut")
-        table.add_row(f"{r['grid']}: {r['configuration']}", *(metric_cell(r, c, "\n") for c in cols),
-                      "—" if flag is None or pd.isna(flag) else ("yes" if flag else "no"))
+        table.add_row(f"{r['grid']}: {r['configuration']}", *(metric_cell(r, c, "\n") for c in cols), shortcut_flag(r))
     return table
 
 
@@ -229,7 +240,7 @@ def paper_layout(lb: Leaderboard) -> list[str]:
                 for m in HEADLINE:
                     v = metric_cell(r, m) if r is not None else "not run"
                     if transcribed:
-                        v += f" ({num(rep[m])})" if rep is not None and rep[m] is not None and pd.notna(rep[m]) else " (n/t)"
+                        v += f" ({num(rep[m])})" if rep is not None and not missing(rep[m]) else " (n/t)"
                     cells.append(v)
             body.append(cells)
         out += [f"### {g['grid']}" + (f" — {g['description']}" if g.get("description") else ""), ""]
@@ -264,7 +275,7 @@ def markdown(lb: Leaderboard) -> str:
         if comparing:
             for m in HEADLINE:
                 d = row.get(f"delta_{m}")
-                cells.append("" if d is None or pd.isna(d) else
+                cells.append("" if missing(d) else
                              f"{num(d, signed=True)} {ci(row, f'delta_{m}', signed=True)} ({pvalue(row.get(f'p_{m}_holm'))})")
         body.append(cells)
     lines += _md_table(header, body, ["---:", "---:", "---", "---:"] + ["---:"] * (len(header) - 4))
@@ -280,11 +291,11 @@ def markdown(lb: Leaderboard) -> str:
         lines.append("")
     if len(lb.shortcut):
         sc = lb.shortcut
-        cols = [c for c in sc.columns if c.startswith("auc[") and not c.endswith(("_lo", "_hi"))]
+        cols = shortcut_columns(sc)
         lines += ["## Shortcut audit", "", "AUC by view: an interval above 0.5 with the lungs blacked out means the "
                   "classifier uses cues outside the lungs.", ""]
-        rows = [[f"{r['grid']}: {r['configuration']}", *(metric_cell(r, c) for c in cols),
-                 "—" if pd.isna(r.get("shortcut", np.nan)) else ("yes" if r["shortcut"] else "no")] for _, r in sc.iterrows()]
+        rows = [[f"{r['grid']}: {r['configuration']}", *(metric_cell(r, c) for c in cols), shortcut_flag(r)]
+                for _, r in sc.iterrows()]
         lines += _md_table(["configuration", *(c.replace("auc", "AUC ") for c in cols), "shortcut?"], rows) + [""]
     lines += ["## Runs", ""]
     lines += _md_table(["grid", "trials", "hardware", "torch", "ray", "git", "train hours", "finished"],
