@@ -32,7 +32,6 @@ SORTABLE = (*S.METRICS, "wall_s", "images_per_s")
 LOWER_IS_BETTER = {"wall_s"}
 ROW_COLUMNS = ("grid", "phase", "cell", "config_hash", "seed", "split", "status", "accuracy", "f1", "auc",
                "sensitivity", "specificity", "wall_s", "images_per_s")
-PRED_COLUMNS = ("image_id", "patient_id", "split", "y_true", "score", "y_pred")
 REFERENCE_LEVELS = ("none", "random", "full", "covid-ct", "imagenet")  # an axis's baseline when no spec is kept
 
 
@@ -144,19 +143,6 @@ def _axes_of(g: GridResults) -> list[str]:
     return names
 
 
-def _read_predictions(g: GridResults, config_hash: str) -> pd.DataFrame:
-    path = g.path / R.PREDICTIONS / f"{config_hash}.parquet"
-    if not path.is_file():
-        raise BenchError(f"{path}: missing (the predictions of a finished trial; rerun it with grid run --force)")
-    try:
-        df = pd.read_parquet(path)
-    except Exception as e:
-        raise BenchError(f"{path}: not a readable predictions file ({e})") from None
-    if missing := [c for c in PRED_COLUMNS if c not in df]:
-        raise BenchError(f"{path}: missing column(s) {', '.join(missing)}")
-    return df
-
-
 def _align(frames: list[pd.DataFrame], split: str, where: str) -> Scored | None:
     per = [f[f["split"] == split].drop_duplicates("image_id").set_index("image_id") for f in frames]
     if not len(per[0]):
@@ -195,7 +181,7 @@ def entries(grids: list[GridResults]) -> list[Entry]:
         for cell, rows in final.groupby("cell", sort=False):
             trials = rows.drop_duplicates("config_hash").sort_values("seed")
             first = trials.iloc[0]
-            frames = [_read_predictions(g, h) for h in trials["config_hash"]]
+            frames = [R.read_predictions(g.path, h) for h in trials["config_hash"]]
             e = Entry(name=f"{g.name}/{cell}" if many else str(cell), grid=g.name, cell=str(cell),
                       axes={a: str(first[a]) for a in axes if a in rows}, params=str(first.get("params", "{}")),
                       seeds=[int(s) for s in trials["seed"]], rows=rows, config=_run_config(g, first))

@@ -275,10 +275,7 @@ def grid_trial(config: dict, jobs: dict[str, dict]) -> None:
         for r in rows:
             r["trial_s"] = time.perf_counter() - started
         if trial.phase == "final":
-            preds = pd.concat([preds, *extra_preds], ignore_index=True)
-            preds.insert(0, "config_hash", trial.config_hash)
-            with atomic_path(grid_dir / R.PREDICTIONS / f"{trial.config_hash}.parquet") as tmp:
-                preds.to_parquet(tmp, index=False)
+            R.write_predictions(grid_dir, trial.config_hash, pd.concat([preds, *extra_preds], ignore_index=True))
         R.write_rows(rows_path, rows)  # last: the commit point of a trial
         vrow = next((r for r in rows if r["split"] == "val"), {})
         tune.report({metric_key: vrow.get(trial.metric, float("nan")), "done": 1})

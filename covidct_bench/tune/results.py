@@ -149,6 +149,37 @@ def read_results(grid_dir: str | os.PathLike, phase: str | None = None, required
     return df.reset_index(drop=True)
 
 
+PREDICTION_COLUMNS = ("image_id", "patient_id", "split", "y_true", "score", "y_pred")
+
+
+def predictions_file(grid_dir: Path, config_hash: str) -> Path:
+    return Path(grid_dir) / PREDICTIONS / f"{config_hash}.parquet"
+
+
+def write_predictions(grid_dir: Path, config_hash: str, preds: pd.DataFrame) -> Path:
+    """Per-image scores of a finished final trial (``config_hash`` first, then PREDICTION_COLUMNS, ...)."""
+    path = predictions_file(grid_dir, config_hash)
+    preds = preds.copy()
+    preds.insert(0, "config_hash", config_hash)
+    with atomic_path(path) as tmp:
+        preds.to_parquet(tmp, index=False)
+    return path
+
+
+def read_predictions(grid_dir: Path, config_hash: str) -> pd.DataFrame:
+    """A finished trial's predictions; a one-line error names a missing, broken or incomplete file."""
+    path = predictions_file(grid_dir, config_hash)
+    if not path.is_file():
+        raise BenchError(f"{path}: missing (the predictions of a finished trial; rerun it with grid run --force)")
+    try:
+        df = pd.read_parquet(path)
+    except Exception as e:  # pyarrow raises several types for a broken file
+        raise BenchError(f"{path}: not a readable predictions file ({e})") from None
+    if missing := [c for c in PREDICTION_COLUMNS if c not in df]:
+        raise BenchError(f"{path}: missing column(s) {', '.join(missing)}")
+    return df
+
+
 def finished(df: pd.DataFrame, phase: str) -> pd.DataFrame:
     return df[(df["phase"] == phase) & (df["status"] == "finished")]
 

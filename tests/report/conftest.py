@@ -65,10 +65,7 @@ def make_grid_results(results: Path, name: str = "toy", axes: dict | None = None
                 if split != "val":
                     preds.append(df.assign(split=split, y_pred=(df["score"] >= thr).astype(np.int8), epoch=2))
             R.write_rows(R.rows_file(grid_dir, "final", h), rows)
-            p = pd.concat(preds, ignore_index=True)
-            p.insert(0, "config_hash", h)
-            (grid_dir / R.PREDICTIONS).mkdir(parents=True, exist_ok=True)
-            p.to_parquet(grid_dir / R.PREDICTIONS / f"{h}.parquet", index=False)
+            R.write_predictions(grid_dir, h, pd.concat(preds, ignore_index=True))
             run = grid_dir / "runs" / h
             run.mkdir(parents=True, exist_ok=True)
             (run / "config.yaml").write_text(yaml.safe_dump({"dataset": dataset, "seed": s}))
