@@ -408,7 +408,8 @@ for _task, _doc in (("classify", "COVID vs non-COVID classifier (paper: DenseNet
 
 SpecArg = typer.Argument(..., help="Grid spec (ablations/*.yaml).")
 PresetOpt = typer.Option(None, "--preset", help="Scale image size / epochs: a preset of the spec (smoke, cpu, paper).")
-ResultsOpt = typer.Option(Path("results"), "--results", help="Results folder (the grid writes results/<grid>/).")
+ResultsOpt = typer.Option("results", "--results", help="Results folder or storage URI (s3://bucket/results, gs://..., "
+                                                      "file://...); the grid writes <results>/<grid>/.")
 
 
 @grid_app.command("run")
@@ -419,7 +420,7 @@ def grid_run(
     force: bool = typer.Option(False, "--force", help="Rerun trials whose config hash already has a finished result."),
     max_concurrent: Optional[int] = typer.Option(None, "--max-concurrent", min=1, help="At most K trials at once."),
     address: Optional[str] = typer.Option(None, "--address", help="Ray cluster address (default: local / $RAY_ADDRESS)."),
-    results: Path = ResultsOpt,
+    results: str = ResultsOpt,
 ) -> None:
     """Run a grid: [CSSL pretraining], [Optuna search per cell on validation], every cell x seed on test."""
     from covidct_bench.tune.grid import run_grid
@@ -434,7 +435,7 @@ def grid_run(
     console.print(f"[green]grid done[/]: {out.ran} trial(s) ran, {out.skipped} already finished; results in {out.grid_dir}")
 
 
-def grid_status_table(spec: Path, preset: Optional[str], results: Path) -> Table:
+def grid_status_table(spec: Path, preset: Optional[str], results: str) -> Table:
     from covidct_bench.tune.grid import grid_status
 
     from covidct_bench.tune.spec import load_spec
@@ -453,7 +454,7 @@ def grid_status_table(spec: Path, preset: Optional[str], results: Path) -> Table
 def grid_status_cmd(
     spec: Path = SpecArg,
     preset: Optional[str] = PresetOpt,
-    results: Path = ResultsOpt,
+    results: str = ResultsOpt,
     show_all: bool = typer.Option(False, "--all", help="One line per trial."),
 ) -> None:
     """Cells done / running / failed / interrupted / pending, from the results dataset."""
@@ -475,13 +476,13 @@ FORMATS = ("table", "md", "html", "csv", "json")
 
 @app.command("leaderboard")
 def leaderboard(
-    results: Optional[list[Path]] = typer.Argument(None, help="Results folders: results/ (every grid in it) or results/<grid> "
-                                                             "[default: results]."),
+    results: Optional[list[str]] = typer.Argument(None, help="Results folders or storage URIs: results/ (every grid in it), "
+                                                            "results/<grid>, s3://bucket/results [default: results]."),
     grid: Optional[str] = typer.Option(None, "--grid", help="Only this grid."),
     fmt: str = typer.Option("table", "--format", help=f"One of: {', '.join(FORMATS)}."),
     sort: str = typer.Option("auc", "--sort", help="accuracy, f1, auc, sensitivity, specificity, wall_s or images_per_s."),
     baseline: Optional[str] = typer.Option(None, "--baseline", help="Compare every row with this one (its name or cell id)."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Write here (html default: <first results folder>/report.html)."),
+    out: Optional[str] = typer.Option(None, "--out", help="Write here, a path or a URI (html default: <first results folder>/report.html)."),
     split: str = typer.Option("test", "--split", help="test, or an extra test set (extra:medseg)."),
     boot: int = typer.Option(2000, "--boot", help="Bootstrap resamples."),
     seed: int = typer.Option(0, "--seed", help="Seed of the bootstrap resamples."),
@@ -490,18 +491,19 @@ def leaderboard(
 ) -> None:
     """Leaderboard of grid results: mean ± sd over seeds, patient-bootstrap 95% intervals, paired tests
     against a baseline, ablation effects, reported paper numbers; as a table, Markdown, HTML, CSV or JSON."""
-    from covidct_bench.io import atomic_path
     from covidct_bench.report import render
     from covidct_bench.report.leaderboard import build, to_json
 
     if fmt not in FORMATS:
         raise BenchError(f"--format {fmt}: choose from {', '.join(FORMATS)}")
-    paths = results or [Path("results")]
+    from covidct_bench.storage import Location
+
+    paths = results or ["results"]
     lb = build(paths, grid=grid, split=split, sort=sort, baseline=baseline, n_boot=boot, seed=seed, reference=reference)
     if fmt == "html":
         from covidct_bench.report import html
 
-        target = html.write(lb, out or paths[0] / "report.html", top_k=top)
+        target = html.write(lb, out or Location.of(paths[0]) / "report.html", top_k=top)
         console.print(f"[green]report[/]: {target} ({len(lb.table)} rows; open it in a browser, it needs no network)")
         return
     if fmt == "table":
@@ -516,8 +518,7 @@ def leaderboard(
     if out is None:
         sys.stdout.write(text)
         return
-    with atomic_path(out) as tmp:
-        tmp.write_text(text, encoding="utf-8")
+    Location.of(out).write_text(text)
     console.print(f"[green]{fmt}[/]: {out} ({len(lb.table)} rows)")
 
 

@@ -62,9 +62,25 @@ def backbone_spec(name: str) -> BackboneSpec:
 
 
 # -- loading state dicts safely ------------------------------------------------------------------------
+def _local(path: str | os.PathLike, filename: str | None, what: str) -> Path:
+    """A local file for ``path`` (a file, or a run folder holding ``filename``): a storage URI
+    (``s3://``, ``gs://``, ``file://``) is fetched once into the local cache."""
+    from covidct_bench.storage import Location, is_uri
+
+    if not isinstance(path, Location) and not is_uri(str(path)):
+        path = Path(path)
+        return path / filename if filename and path.is_dir() else path
+    loc = Location.of(path)
+    if filename and loc.is_dir():
+        loc = loc / filename
+    if not loc.is_file():
+        raise BenchError(f"{what}: {loc} does not exist")
+    return loc.local_copy()
+
+
 def load_state_file(path: str | os.PathLike, what: str = "--weights") -> dict:
     """A dict of tensors from ``.safetensors`` or a ``torch.save`` file, never unpickling code."""
-    path = Path(path)
+    path = _local(path, None, what)
     if not path.is_file():
         raise BenchError(f"{what}: {path} does not exist")
     try:
@@ -123,10 +139,9 @@ def imagenet_state(name: str) -> dict:
 
 
 def load_run_file(path: str | os.PathLike, filename: str, what: str, kind: str) -> tuple[dict, dict]:
-    """(state dict, metadata) of a run's ``{"state_dict", "meta"}`` file, given the file or its run folder."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / filename
+    """(state dict, metadata) of a run's ``{"state_dict", "meta"}`` file, given the file or its run folder
+    (a local path or a storage URI)."""
+    path = _local(path, filename, what)
     blob = load_state_file(path, what=what)
     if not isinstance(blob, dict) or "state_dict" not in blob:
         raise BenchError(f"{what}: {path} is not {kind}")

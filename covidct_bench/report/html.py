@@ -118,10 +118,10 @@ def render(lb: Leaderboard, top_k: int = 5, command: str | None = None) -> str:
         command=command or " ".join(["covidct-bench", *sys.argv[1:]]))
 
 
-def write(lb: Leaderboard, out: str | Path, top_k: int = 5, command: str | None = None) -> Path:
-    from covidct_bench.io import atomic_path
+def write(lb: Leaderboard, out, top_k: int = 5, command: str | None = None):
+    """Render to ``out`` (a local path or a storage URI), whole or not at all; returns its Location."""
+    from covidct_bench.storage import Location
 
-    out = Path(out)
-    with atomic_path(out) as tmp:
-        tmp.write_text(render(lb, top_k, command), encoding="utf-8")
+    out = Location.of(out)
+    out.write_text(render(lb, top_k, command))
     return out

@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 
 from covidct_bench.errors import BenchError
+from covidct_bench.storage import Location
 from covidct_bench.report import stats as S
 from covidct_bench.tune import results as R
 from covidct_bench.tune.reference import reference_table
@@ -82,15 +83,16 @@ class Entry:
 @dataclass
 class GridResults:
     name: str
-    path: Path
+    path: Location
     rows: pd.DataFrame
     spec: dict
 
 
-def grid_dirs(paths: list[str | Path], grid: str | None = None) -> list[Path]:
-    """Grid result folders under each path (a grid folder itself, or a folder of grids)."""
-    found: list[Path] = []
-    for p in map(Path, paths or ["results"]):
+def grid_dirs(paths: list[str | Path], grid: str | None = None) -> list[Location]:
+    """Grid result folders under each path (a grid folder itself, or a folder of grids), each a local
+    folder or a storage URI (``s3://bucket/results``)."""
+    found: list[Location] = []
+    for p in map(Location.of, paths or ["results"]):
         if not p.is_dir():
             raise BenchError(f"{p}: no such results directory")
         if (p / R.ROWS).is_dir():
@@ -112,13 +114,13 @@ def load_grids(paths: list[str | Path], grid: str | None = None) -> list[GridRes
     """The grids under ``paths`` that have finished final trials (a grid still searching is left out
     when it was found in a folder of grids; named on its own, it is an error)."""
     out: dict[str, GridResults] = {}
-    named = {Path(p).resolve() for p in paths if (Path(p) / R.ROWS).is_dir()}
+    named = {Location.of(p) for p in paths if (Location.of(p) / R.ROWS).is_dir()}
     empty = []
     for d in grid_dirs(paths, grid):
         rows = R.read_results(d, required=ROW_COLUMNS)
         final = R.finished(rows, "final") if len(rows) else rows
         if not len(final):
-            if d.resolve() in named:
+            if d in named:
                 raise BenchError(f"{d}: no finished final trial yet (grid status shows what is missing)")
             empty.append(d)
             continue

@@ -2,7 +2,7 @@
 
 ``train_func_per_worker(config)`` -> ``prepare_model`` / ``prepare_data_loader`` -> per epoch: train,
 step the cosine schedule, evaluate, save a checkpoint (model, optimizer, scheduler, epoch, RNG
-states, metric history, predictions) and ``ray.train.report`` it. A restarted run (same run folder,
+states, metric history, predictions, the Ray node of every rank per epoch) and ``ray.train.report`` it. A restarted run (same run folder,
 ``--resume``) continues from the latest checkpoint: ``ray.train.get_checkpoint()``.
 
 Evaluation runs on the unwrapped model: each worker scores a disjoint slice of the split (no padding,
@@ -181,7 +181,8 @@ def train_func_per_worker(config: dict):
                         persistent_workers=False, pin_memory=cuda)
     loader = ray.train.torch.prepare_data_loader(loader, move_to_device=False)
 
-    start, history, predictions, resumed = 0, [], [], []
+    start, history, predictions, resumed, nodes = 0, [], [], [], []
+    here = _gather(ray.get_runtime_context().get_node_id())  # the Ray node of every rank in this attempt
     ckpt = ray.train.get_checkpoint()
     if ckpt is not None:
         with ckpt.as_directory() as d:
@@ -193,6 +194,7 @@ def train_func_per_worker(config: dict):
         start, history = int(state["epoch"]) + 1, list(state["history"])
         predictions = [pd.DataFrame(p) for p in state["predictions"]]
         resumed = [*state.get("resumed_at_epochs", []), start]
+        nodes = list(state.get("nodes", []))
 
     for epoch in range(start, cfg.epochs):
         gen.manual_seed(cfg.seed * 100_003 + epoch)  # the shuffle of an epoch does not depend on resuming
@@ -236,6 +238,7 @@ def train_func_per_worker(config: dict):
                     if vals:
                         rows.append({"epoch": epoch, "split": split, **vals})
         history.extend(rows)
+        nodes.append(here)
         metrics["epoch"] = epoch
 
         rngs = _gather(rng_state())
@@ -244,12 +247,12 @@ def train_func_per_worker(config: dict):
                 torch.save({"model": raw.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                             "epoch": epoch, "rng": rngs, "history": history,
                             "predictions": [p.to_dict("list") for p in predictions], "resumed_at_epochs": resumed,
-                            "config": cfg.model_dump(mode="json")}, Path(d) / STATE_FILE)
+                            "nodes": nodes, "config": cfg.model_dump(mode="json")}, Path(d) / STATE_FILE)
                 ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
         else:
             ray.train.report(metrics)
 
     if rank == 0:
         preds = pd.concat(predictions, ignore_index=True) if predictions else pd.DataFrame()
-        return {"history": history, "predictions": preds.to_dict("list"), "resumed_at_epochs": resumed}
+        return {"history": history, "predictions": preds.to_dict("list"), "resumed_at_epochs": resumed, "nodes": nodes}
     return None

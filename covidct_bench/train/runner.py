@@ -6,7 +6,7 @@ A run folder holds::
     metrics.parquet      one row per (epoch, split): train loss / lr / images_per_s; val & test metrics
     predictions.parquet  one row per (epoch, evaluated split, image): image_id, patient_id, split,
                          y_true, score (+ y_pred, threshold-free extras such as dice)
-    summary.json         final and validation-selected epoch, their metrics, timings
+    summary.json         final and validation-selected epoch, their metrics, timings, the Ray nodes it ran on
     model.pt             final weights {"state_dict", "meta"} (torch.load(weights_only=True))
     backbone.pt          CSSL runs only: the query encoder, for ``--init cssl:RUN``
     checkpoints/         Ray Train checkpoints (the last two epochs), used by ``--resume``
@@ -16,15 +16,17 @@ Tables are written to a temporary file and renamed, so a failed run never clobbe
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import shutil
+import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 import pandas as pd
@@ -37,6 +39,7 @@ from covidct_bench.data.lung_masks import MANIFEST_MASKS, with_lung_masks
 from covidct_bench.data.manifest import default_root
 from covidct_bench.errors import BenchError, root_reason
 from covidct_bench.io import atomic_path
+from covidct_bench.storage import Location, is_uri
 from covidct_bench.train.config import TrainConfig
 from covidct_bench.train.loop import STATE_FILE, train_func_per_worker
 from covidct_bench.train.tasks import get_task
@@ -83,9 +86,9 @@ def _compare_for_resume(saved: dict, cfg: TrainConfig, out: Path) -> None:
 def absolute_paths(cfg: TrainConfig) -> TrainConfig:
     """Ray workers do not share the driver's working directory: pass them absolute paths."""
     update = {}
-    if cfg.init.startswith("cssl:"):
+    if cfg.init.startswith("cssl:") and not is_uri(cfg.init[5:]):  # a URI is read where it is (storage.Location)
         update["init"] = f"cssl:{Path(cfg.init[5:]).expanduser().resolve()}"
-    if cfg.weights:
+    if cfg.weights and not is_uri(cfg.weights):
         update["weights"] = str(Path(cfg.weights).expanduser().resolve())
     # the default root too: a grid trial runs in a Ray actor whose working directory is not the driver's
     update["root"] = str(Path(cfg.root or default_root()).expanduser().resolve())
@@ -126,10 +129,30 @@ def prepare(cfg: TrainConfig, address: str | None = None, progress=None) -> tupl
     return prepare_data(cfg, address, progress, build_model=True)
 
 
-def trainer_for(cfg: TrainConfig, loop: dict, storage: Path, callbacks: list | None = None, max_failures: int = 0):
-    """The ``TorchTrainer`` of a prepared run (also used by the grids, with Tune's callback). A run folder
-    that already holds checkpoints continues from the latest one; ``max_failures``: restarts of a
-    worker group that died, each from the last checkpoint."""
+@contextlib.contextmanager
+def staging(run_dir: "str | os.PathLike | Location") -> Iterator[Path]:
+    """The local folder a run writes its files into (config, metrics, predictions, model). For a local
+    run folder it is the folder itself; for a storage URI (``s3://``, ``gs://``, ``file://``) a temporary
+    folder whose files are uploaded when the block succeeds (checkpoints go to the URI through Ray)."""
+    run_dir = Location.of(run_dir)
+    if not run_dir.scheme:
+        run_dir.local.mkdir(parents=True, exist_ok=True)
+        yield run_dir.local
+        return
+    stage = Path(tempfile.mkdtemp(prefix="covidct-run-"))
+    try:
+        yield stage
+        run_dir.upload(stage)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
+def trainer_for(cfg: TrainConfig, loop: dict, storage: "str | os.PathLike | Location", callbacks: list | None = None,
+                max_failures: int = 0):
+    """The ``TorchTrainer`` of a prepared run (also used by the grids, with Tune's callback). Checkpoints
+    go to ``storage/checkpoints`` (a local folder or a storage URI). A run folder that already holds
+    checkpoints continues from the latest one; ``max_failures``: restarts of a worker group that died,
+    each from the last checkpoint."""
     import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -140,10 +163,11 @@ def trainer_for(cfg: TrainConfig, loop: dict, storage: Path, callbacks: list | N
         avail = int(ray.available_resources().get("CPU", 1))
         cpus = 1 if gpus else max(1, avail // cfg.workers)
     resources = {"CPU": cpus, **({"GPU": gpus} if gpus else {})}
+    path, fs = Location.of(storage).for_ray()
     return TorchTrainer(
         train_func_per_worker, train_loop_config=loop,
         scaling_config=ScalingConfig(num_workers=cfg.workers, use_gpu=bool(gpus), resources_per_worker=resources),
-        run_config=RunConfig(storage_path=str(storage.resolve()), name=CHECKPOINTS,
+        run_config=RunConfig(storage_path=path, storage_filesystem=fs, name=CHECKPOINTS,
                              checkpoint_config=CheckpointConfig(num_to_keep=2),
                              failure_config=FailureConfig(max_failures=max_failures), callbacks=callbacks or []))
 
@@ -239,7 +263,8 @@ def finish(out: Path, cfg: TrainConfig, result, wall_s: float) -> RunResult:
         metrics.to_parquet(tmp, index=False)
     with atomic_path(out / "predictions.parquet") as tmp:
         preds.to_parquet(tmp, index=False)
-    state = torch.load(Path(result.checkpoint.path) / STATE_FILE, map_location="cpu", weights_only=True)
+    with result.checkpoint.as_directory() as d:  # local: the folder itself; a URI: downloaded
+        state = torch.load(Path(d) / STATE_FILE, map_location="cpu", weights_only=True)
     meta = {"task": cfg.task, "backbone": cfg.backbone, "in_chans": cfg.in_chans, "image_size": cfg.image_size,
             "mask_mode": cfg.mask_mode, "epoch": int(state["epoch"]), "unet_base": cfg.unet_base}
     with atomic_path(out / "model.pt") as tmp:
@@ -251,6 +276,9 @@ def finish(out: Path, cfg: TrainConfig, result, wall_s: float) -> RunResult:
     summary = summarize(cfg, metrics)
     summary["wall_s"] = round(wall_s, 2)
     summary["resumed_at_epochs"] = rv.get("resumed_at_epochs", [])
+    by_epoch = rv.get("nodes", [])  # per epoch: the Ray node id of every rank
+    summary["train_nodes"] = list(dict.fromkeys(n for epoch in by_epoch for n in epoch))
+    summary["final_node"] = by_epoch[-1][0] if by_epoch else None
     train = metrics[metrics["split"] == "train"]
     if "images_per_s" in train and len(train):
         summary["train_images_per_s"] = float(np.nanmedian(train["images_per_s"]))

@@ -16,6 +16,11 @@ never takes the CPUs its Train workers need) that builds a ``TorchTrainer`` with
 again in the same folder continues from its last checkpoint (Train's failure config restarts a dead
 worker group that way; ``--resume`` does it for a killed grid). The results dataset is the source of
 truth: a trial whose config hash already has a finished result is not run again (``--force`` reruns).
+
+``results`` may be a local folder or a storage URI (``s3://bucket/results``, ``gs://…``, ``file://…``):
+rows, predictions, run folders, Train checkpoints and Tune's experiment state all go there through
+pyarrow filesystems (``covidct_bench.storage``); a trial writes its run files locally and publishes
+them when it finishes. On a cluster the datasets themselves must be on a path every node sees.
 """
 
 from __future__ import annotations
@@ -25,7 +30,6 @@ import datetime as _dt
 import json
 import math
 import os
-import shutil
 import socket
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -38,6 +42,7 @@ import yaml
 
 from covidct_bench.data.manifest import load_manifest
 from covidct_bench.errors import BenchError, root_reason
+from covidct_bench.storage import Location, is_uri
 from covidct_bench.tune import results as R
 from covidct_bench.train.config import TrainConfig
 from covidct_bench.train.runner import absolute_paths
@@ -77,7 +82,7 @@ class Trial:
         settings = {**self.settings, **params}
         h = config_hash(settings, seed)
         return replace(self, seed=seed, params=params, settings=settings, config_hash=h,
-                       train={**self.train, **params, "seed": seed}, run_dir=str(Path(self.grid_dir) / R.RUNS / h))
+                       train={**self.train, **params, "seed": seed}, run_dir=str(Location.of(self.grid_dir) / R.RUNS / h))
 
 
 # --------------------------------------------------------------------------------------------- data
@@ -160,7 +165,8 @@ def _result_rows(trial: Trial, run, extra: list[dict]) -> tuple[list[dict], pd.D
     gpus = (trial.train.get("gpus_per_worker") or 0) * int(trial.train.get("workers", 1))
     base = _base_row(trial)
     base.update(epochs=final + 1, wall_s=wall, images_per_s=float(np.nanmedian(train["images_per_s"])) if len(train) else float("nan"),
-                gpu_hours=gpus * wall / 3600.0)
+                gpu_hours=gpus * wall / 3600.0, node_id=run.summary.get("final_node"),
+                train_nodes=",".join(run.summary.get("train_nodes", [])))
     rows = []
     for split in splits:
         got = last[last["split"] == split]
@@ -181,7 +187,7 @@ def _base_row(trial: Trial) -> dict:
     return {"grid": trial.grid, "phase": trial.phase, "cell": trial.cell_id, "config_hash": trial.config_hash,
             **{k: str(v) for k, v in trial.cell.items()}, "params": json.dumps(trial.params, sort_keys=True, default=str),
             "seed": trial.seed, **trial.env, **R.environment(),
-            "run_dir": os.path.relpath(trial.run_dir, trial.grid_dir)}
+            "run_dir": os.path.relpath(Location.of(trial.run_dir).path, Location.of(trial.grid_dir).path)}
 
 
 def extra_cache_dir(folder: str | Path, size: int) -> Path:
@@ -234,7 +240,7 @@ def grid_trial(config: dict, jobs: dict[str, dict]) -> None:
 
     from covidct_bench.io import atomic_path
     from covidct_bench.train.config import TrainConfig
-    from covidct_bench.train.runner import CONFIG_FILE, finish, prepare, trainer_for
+    from covidct_bench.train.runner import CONFIG_FILE, finish, prepare, staging, trainer_for
 
     started = time.perf_counter()
     job = dict(jobs[config.get("key", "search")])
@@ -242,11 +248,11 @@ def grid_trial(config: dict, jobs: dict[str, dict]) -> None:
     params = {k: v for k, v in config.items() if k != "key"}
     if params:
         trial = trial.with_params(params)
-    grid_dir, run_dir = Path(trial.grid_dir), Path(trial.run_dir)
+    grid_dir, run_dir = Location.of(trial.grid_dir), Location.of(trial.run_dir)
     rows_path = R.rows_file(grid_dir, trial.phase, trial.config_hash)
     metric_key = f"val/{trial.metric}"
     if trial.phase != "pretrain" and rows_path.is_file():  # finished earlier (e.g. by a run that was killed later)
-        done = pd.read_parquet(rows_path)
+        done = rows_path.read_parquet()
         val = done[done["split"] == "val"]
         tune.report({metric_key: float(val[trial.metric].iloc[0]) if len(val) else float("nan"), "skipped": 1})
         return
@@ -256,21 +262,22 @@ def grid_trial(config: dict, jobs: dict[str, dict]) -> None:
     try:
         cfg = TrainConfig(**trial.train)
         cfg, loop = prepare(cfg)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        with atomic_path(run_dir / CONFIG_FILE) as tmp:  # the resolved config, as `train` writes it
-            tmp.write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
-        trainer = trainer_for(cfg, loop, run_dir, callbacks=[TuneReportCallback()], max_failures=trial.max_failures)
-        t0 = time.perf_counter()
-        result = trainer.fit()
-        if result.error is not None:
-            raise result.error
-        run = finish(run_dir, cfg, result, time.perf_counter() - t0)
+        with staging(run_dir) as stage:  # the run's files; published to run_dir (a URI) when the block ends
+            with atomic_path(stage / CONFIG_FILE) as tmp:  # the resolved config, as `train` writes it
+                tmp.write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+            trainer = trainer_for(cfg, loop, run_dir, callbacks=[TuneReportCallback()], max_failures=trial.max_failures)
+            t0 = time.perf_counter()
+            result = trainer.fit()
+            if result.error is not None:
+                raise result.error
+            run = finish(stage, cfg, result, time.perf_counter() - t0)
+            if trial.phase != "pretrain":
+                val = run.metrics[(run.metrics["split"] == "val") & (run.metrics["epoch"] == run.metrics["epoch"].max())]
+                threshold = float(val["threshold"].iloc[0]) if len(val) and "threshold" in val else 0.5
+                extra_rows, extra_preds = _score_extra(trial, cfg, stage, threshold) if trial.phase == "final" else ([], [])
         if trial.phase == "pretrain":
             tune.report({"done": 1})
             return
-        val = run.metrics[(run.metrics["split"] == "val") & (run.metrics["epoch"] == run.metrics["epoch"].max())]
-        threshold = float(val["threshold"].iloc[0]) if len(val) and "threshold" in val else 0.5
-        extra_rows, extra_preds = _score_extra(trial, cfg, run_dir, threshold) if trial.phase == "final" else ([], [])
         rows, preds = _result_rows(trial, run, extra_rows)
         for r in rows:
             r["trial_s"] = time.perf_counter() - started
@@ -289,7 +296,7 @@ def grid_trial(config: dict, jobs: dict[str, dict]) -> None:
 # ------------------------------------------------------------------------------------------ driver
 @dataclass
 class GridOutcome:
-    grid_dir: Path
+    grid_dir: Location
     ran: int = 0
     skipped: int = 0
     failed: list[str] = field(default_factory=list)
@@ -308,19 +315,17 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def live_driver(grid_dir: Path) -> dict | None:
+def live_driver(grid_dir: Location) -> dict | None:
     """``driver.json`` of the grid's driver if that process is alive on this host, else None."""
-    path = grid_dir / "driver.json"
-    try:
-        info = json.loads(path.read_text())
-    except (OSError, ValueError):
+    info = R.read_json(grid_dir / "driver.json")
+    if info is None:
         return None
     alive = info.get("host") == socket.gethostname() and _pid_alive(int(info.get("pid", -1)))
     return info if alive else None
 
 
 @contextlib.contextmanager
-def driver_lock(grid_dir: Path):
+def driver_lock(grid_dir: Location):
     """One driver per grid folder: a second ``grid run`` on the same grid is refused while one lives."""
     info = live_driver(grid_dir)
     if info is not None and info.get("pid") != os.getpid():
@@ -432,7 +437,7 @@ def _progress_callback_class():
     return ProgressCallback
 
 
-def _run_tuner(trials: dict[str, Trial], phase: str, spec: GridSpec, grid_dir: Path, concurrency: int, console,
+def _run_tuner(trials: dict[str, Trial], phase: str, spec: GridSpec, grid_dir: Location, concurrency: int, console,
                search: dict | None = None, label: Callable[[Trial], str] | None = None) -> list[str]:
     """One Tuner over ``trials`` (final / pretrain: a grid over their keys; search: Optuna). Returns errors."""
     from ray import tune
@@ -440,6 +445,7 @@ def _run_tuner(trials: dict[str, Trial], phase: str, spec: GridSpec, grid_dir: P
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # with verbose=0: Tune prints nothing; the rich table reports
     jobs = {k: asdict(t) for k, t in trials.items()}
     trainable = tune.with_resources(tune.with_parameters(grid_trial, jobs=jobs), {TRIAL_RESOURCE: 1})
+    storage_path, storage_fs = (grid_dir / "tune").for_ray()
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     metric = f"val/{spec.metric}"
     if search is None:
@@ -459,7 +465,7 @@ def _run_tuner(trials: dict[str, Trial], phase: str, spec: GridSpec, grid_dir: P
         tune_config = tune.TuneConfig(search_alg=alg, num_samples=search["remaining"], max_concurrent_trials=concurrency,
                                       reuse_actors=True)
     progress = Progress(console, labels)
-    run_config = tune.RunConfig(storage_path=str((grid_dir / "tune").resolve()), name=f"{phase}-{stamp}", verbose=0,
+    run_config = tune.RunConfig(storage_path=storage_path, storage_filesystem=storage_fs, name=f"{phase}-{stamp}", verbose=0,
                                 failure_config=tune.FailureConfig(max_failures=spec.max_failures),
                                 callbacks=[progress.callback(spec.metric)])
     tuner = tune.Tuner(trainable, param_space=param_space, tune_config=tune_config, run_config=run_config)
@@ -484,11 +490,11 @@ def _search_space(spec: GridSpec) -> dict:
     return out
 
 
-def plan(spec: GridSpec, preset: str | None, results: Path, data: DataPlan | None = None,
+def plan(spec: GridSpec, preset: str | None, results: Location, data: DataPlan | None = None,
          env: dict | None = None) -> tuple[dict[int, Trial], dict[str, Trial]]:
     """(template trial per cell index, pretrain trials by hash). With ``data`` the trials point at
     their resolved data; without it (``grid status``) only the identities are computed."""
-    grid_dir = (results / spec.name).resolve()
+    grid_dir = results / spec.name
     cells, pretrains = {}, {}
     for i, cell in enumerate(spec.cells()):
         settings = spec.cell_settings(cell, preset)
@@ -500,7 +506,7 @@ def plan(spec: GridSpec, preset: str | None, results: Path, data: DataPlan | Non
         if settings.get("cssl"):
             ps = spec.pretrain_settings(settings, preset)
             ph = config_hash(ps, spec.data_seed)
-            pdir = (results / PRETRAIN_DIR / ph).resolve()
+            pdir = results / PRETRAIN_DIR / ph
             pretrains[ph] = Trial("pretrain", spec.name, cell, cell_id(cell), spec.data_seed, ps, {}, ph, str(pdir),
                                   _train_kwargs(spec, ps, data.resolve(ps) if data else {}, spec.data_seed),
                                   str(grid_dir), spec.metric, {}, spec.max_failures, env or {})
@@ -534,7 +540,7 @@ def final_trials(spec: GridSpec, cells: dict[int, Trial], params: dict[int, dict
     return out
 
 
-def run_grid(spec_path: str | os.PathLike, preset: str | None = None, results: str | os.PathLike = "results",
+def run_grid(spec_path: str | os.PathLike, preset: str | None = None, results: "str | os.PathLike | Location" = "results",
              resume: bool = False, force: bool = False, max_concurrent: int | None = None, address: str | None = None,
              console=None) -> GridOutcome:
     """Run (or continue) a grid; see the module docstring. Raises BenchError on bad input."""
@@ -544,12 +550,13 @@ def run_grid(spec_path: str | os.PathLike, preset: str | None = None, results: s
 
     console = console or Console()
     spec = load_spec(spec_path, preset)
-    results = Path(results)
-    grid_dir = (results / spec.name).resolve()
-    grid_dir.mkdir(parents=True, exist_ok=True)
+    check_job_results(results)
+    results = Location.of(results)
+    grid_dir = results / spec.name
+    grid_dir.mkdir()
     outcome = GridOutcome(grid_dir)
     with driver_lock(grid_dir):
-        shutil.rmtree(grid_dir / "running", ignore_errors=True)  # markers of a driver that died
+        (grid_dir / "running").rmtree()  # markers of a driver that died
         env = {"git_sha": R.git_sha()}
         R.write_spec(grid_dir, spec.model_dump(mode="json"), preset)  # read by the report (axes, reference table)
         with Bars(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -566,7 +573,7 @@ def run_grid(spec_path: str | os.PathLike, preset: str | None = None, results: s
                       f"results in {grid_dir}")
 
         # 1. CSSL pretraining, once per configuration (shared across grids)
-        todo = {h: t for h, t in pretrains.items() if force or not _pretrained(Path(t.run_dir))}
+        todo = {h: t for h, t in pretrains.items() if force or not _pretrained(Location.of(t.run_dir))}
         if todo:
             _fresh(todo.values(), resume)
             console.print(f"[bold]pretrain[/]: {len(todo)} CSSL run(s)")
@@ -607,7 +614,7 @@ def run_grid(spec_path: str | os.PathLike, preset: str | None = None, results: s
             _fresh(todo.values(), resume)
             if force:
                 for h in todo:
-                    R.rows_file(grid_dir, "final", h).unlink(missing_ok=True)
+                    R.rows_file(grid_dir, "final", h).unlink()
             console.print(f"[bold]final[/]: {len(todo)} trial(s)")
             t0 = time.perf_counter()
             outcome.failed += _run_tuner(todo, "final", spec, grid_dir, concurrency, console,
@@ -619,7 +626,17 @@ def run_grid(spec_path: str | os.PathLike, preset: str | None = None, results: s
     return outcome
 
 
-def _pretrained(run_dir: Path) -> bool:
+def check_job_results(results) -> None:
+    """Inside a Ray job the working directory is a temporary copy on the head node: results written
+    relative to it would be lost with the job's session."""
+    if is_uri(str(results)) or Path(results).is_absolute():
+        return
+    if os.environ.get("RAY_JOB_SUBMISSION_ID") or "runtime_resources/working_dir_files" in os.getcwd():
+        raise BenchError(f"--results {results}: relative to this Ray job's temporary working directory, it would "
+                         "be lost; pass a storage URI (s3://bucket/results) or an absolute path every node sees")
+
+
+def _pretrained(run_dir: Location) -> bool:
     return (run_dir / "summary.json").is_file() and (run_dir / "backbone.pt").is_file()
 
 
@@ -628,16 +645,16 @@ def _fresh(trials, resume: bool) -> None:
     if resume:
         return
     for t in trials:
-        shutil.rmtree(t.run_dir, ignore_errors=True)
+        Location.of(t.run_dir).rmtree()
 
 
-def _fresh_search(grid_dir: Path, resume: bool) -> None:
+def _fresh_search(grid_dir: Location, resume: bool) -> None:
     if resume:
         return
     finished = set(R.read_results(grid_dir)["config_hash"])
-    for d in (grid_dir / R.RUNS).glob("*") if (grid_dir / R.RUNS).is_dir() else []:
+    for d in (grid_dir / R.RUNS).iterdir():
         if d.name not in finished:
-            shutil.rmtree(d, ignore_errors=True)
+            d.rmtree()
 
 
 def _check_trials(spec: GridSpec, cells: dict[int, Trial], pretrains: dict[str, Trial], data: DataPlan, bars) -> None:
@@ -665,15 +682,16 @@ def _check_trials(spec: GridSpec, cells: dict[int, Trial], pretrains: dict[str, 
 
 
 # ------------------------------------------------------------------------------------------ status
-def grid_status(spec_path: str | os.PathLike, preset: str | None = None, results: str | os.PathLike = "results") -> pd.DataFrame:
+def grid_status(spec_path: str | os.PathLike, preset: str | None = None,
+                results: "str | os.PathLike | Location" = "results") -> pd.DataFrame:
     """One row per planned (phase, cell, seed): done / running / failed / interrupted / pending."""
     spec = load_spec(spec_path, preset)
-    results = Path(results)
-    grid_dir = (results / spec.name).resolve()
+    results = Location.of(results)
+    grid_dir = results / spec.name
     df = R.read_results(grid_dir)
     cells, pretrains = plan(spec, preset, results)
     alive = live_driver(grid_dir) is not None
-    running = {p.stem for p in (grid_dir / "running").glob("*.json")} if (grid_dir / "running").is_dir() else set()
+    running = {p.stem for p in (grid_dir / "running").glob("*.json")}
     fin = set(df.loc[df["status"] == "finished", "config_hash"])
     failed = set(df.loc[df["status"] == "failed", "config_hash"])
 
@@ -687,7 +705,7 @@ def grid_status(spec_path: str | os.PathLike, preset: str | None = None, results
         return "pending"
 
     rows = [{"phase": "pretrain", "cell": t.cell_id, "seed": t.seed, "config_hash": h,
-             "status": state(h, _pretrained(Path(t.run_dir)))} for h, t in pretrains.items()]
+             "status": state(h, _pretrained(Location.of(t.run_dir)))} for h, t in pretrains.items()]
     searched = R.finished(df, "search")
     params = {}
     for i, t in cells.items():

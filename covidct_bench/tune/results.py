@@ -11,7 +11,9 @@ Layout under ``results/<grid>/``::
     spec.yaml                                   the grid spec of the last run (+ its preset), for the report
 
 A finished trial's file is named by its config hash and only ever replaced by the same trial, so a
-trial that runs twice (a resumed grid) can never count twice. Read the dataset with
+trial that runs twice (a resumed grid) can never count twice. ``results/`` may be a local folder or a
+storage URI (``s3://bucket/results``, ``gs://…``, ``file://…``): every function here takes either
+(``covidct_bench.storage.Location``). Read the dataset with
 ``read_results(dir)``, ``pandas.read_parquet("results/<grid>/rows")``,
 ``duckdb.sql("select * from 'results/<grid>/rows/*.parquet'")`` or
 ``polars.read_parquet("results/<grid>/rows/*.parquet")``.
@@ -29,7 +31,8 @@ Columns (schema version 1; ``<axis>`` = one string column per axis of the grid, 
 | n_images, accuracy, precision, f1, auc, sensitivity, specificity, threshold | classification metrics of the final epoch, COVID = 1 positive; the threshold maximises Youden's J on validation and is applied unchanged to the other splits |
 | lesion_dice | multi-task runs: mean lesion Dice where a mask exists (else NaN) |
 | epochs, wall_s, trial_s, images_per_s, gpu_hours | training epochs; wall time of the Train run; of the whole trial (start-up, extra test sets); training throughput; GPUs x wall / 3600 |
-| hardware, node_id, torch_version, ray_version, git_sha, covidct_bench_version | where and with what it ran |
+| hardware, torch_version, ray_version, git_sha, covidct_bench_version | with what it ran |
+| node_id, train_nodes, driver_node_id | Ray node of the rank-0 Train worker in the final epoch; every node a Train worker of the trial ran on (comma-separated, in order: a restart elsewhere adds one); node of the trial's Tune driver |
 | status, error, finished_at, run_dir | ``finished`` or ``failed``; first line of the error; UTC ISO time; run folder relative to the grid |
 """
 
@@ -46,7 +49,7 @@ from pathlib import Path
 import pandas as pd
 
 from covidct_bench.errors import BenchError
-from covidct_bench.io import atomic_path
+from covidct_bench.storage import Location
 
 SCHEMA_VERSION = 1
 ROWS, PREDICTIONS, RUNS = "rows", "predictions", "runs"
@@ -95,40 +98,48 @@ def environment() -> dict:
     from covidct_bench import __version__
 
     node = ray.get_runtime_context().get_node_id() if ray.is_initialized() else socket.gethostname()
-    return {"hardware": hardware(), "node_id": node, "torch_version": torch.__version__, "ray_version": ray.__version__,
+    return {"hardware": hardware(), "driver_node_id": node, "torch_version": torch.__version__, "ray_version": ray.__version__,
             "covidct_bench_version": __version__}
 
 
-def rows_file(grid_dir: Path, phase: str, config_hash: str) -> Path:
-    return Path(grid_dir) / ROWS / f"{phase}-{config_hash}.parquet"
+Where = "str | os.PathLike | Location"
 
 
-def write_rows(path: Path, rows: list[dict]) -> Path:
-    df = pd.DataFrame(rows)
-    df.insert(0, "schema_version", SCHEMA_VERSION)
-    with atomic_path(path) as tmp:
+def rows_file(grid_dir: Where, phase: str, config_hash: str) -> Location:
+    return Location.of(grid_dir) / ROWS / f"{phase}-{config_hash}.parquet"
+
+
+def write_parquet(path: Where, df: pd.DataFrame) -> Location:
+    """Publish ``df`` as one Parquet file, whole or not at all."""
+    path = Location.of(path)
+    with path.writing() as tmp:
         df.to_parquet(tmp, index=False)
     return path
 
 
-def write_failure(grid_dir: Path, base: dict, error: str) -> Path:
+def write_rows(path: Where, rows: list[dict]) -> Location:
+    df = pd.DataFrame(rows)
+    df.insert(0, "schema_version", SCHEMA_VERSION)
+    return write_parquet(path, df)
+
+
+def write_failure(grid_dir: Where, base: dict, error: str) -> Location:
     stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%S%f")
     row = {**base, "split": None, "status": "failed", "error": error[:500], "finished_at": now()}
-    return write_rows(Path(grid_dir) / ROWS / f"failed-{base['config_hash']}-{stamp}.parquet", [row])
+    return write_rows(Location.of(grid_dir) / ROWS / f"failed-{base['config_hash']}-{stamp}.parquet", [row])
 
 
-def read_results(grid_dir: str | os.PathLike, phase: str | None = None, required: tuple[str, ...] = ()) -> pd.DataFrame:
+def read_results(grid_dir: Where, phase: str | None = None, required: tuple[str, ...] = ()) -> pd.DataFrame:
     """Every row of a grid (empty frame when nothing is there yet). Each file must be of this schema
     version and have the ``required`` columns, else a one-line error names the file."""
-    folder = Path(grid_dir) / ROWS
-    files = sorted(folder.glob("*.parquet")) if folder.is_dir() else []
+    files = (Location.of(grid_dir) / ROWS).glob("*.parquet")
     if not files:
         return pd.DataFrame(columns=["schema_version", "grid", "phase", "cell", "config_hash", "params", "seed", "split",
                                      *METRICS, "status"])
     frames = []
     for f in files:
         try:
-            df = pd.read_parquet(f)
+            df = f.read_parquet()
         except Exception as e:  # pyarrow raises several types for a broken file
             raise BenchError(f"{f}: not a readable results file ({e})") from None
         if "schema_version" not in df:
@@ -152,27 +163,24 @@ def read_results(grid_dir: str | os.PathLike, phase: str | None = None, required
 PREDICTION_COLUMNS = ("image_id", "patient_id", "split", "y_true", "score", "y_pred")
 
 
-def predictions_file(grid_dir: Path, config_hash: str) -> Path:
-    return Path(grid_dir) / PREDICTIONS / f"{config_hash}.parquet"
+def predictions_file(grid_dir: Where, config_hash: str) -> Location:
+    return Location.of(grid_dir) / PREDICTIONS / f"{config_hash}.parquet"
 
 
-def write_predictions(grid_dir: Path, config_hash: str, preds: pd.DataFrame) -> Path:
+def write_predictions(grid_dir: Where, config_hash: str, preds: pd.DataFrame) -> Location:
     """Per-image scores of a finished final trial (``config_hash`` first, then PREDICTION_COLUMNS, ...)."""
-    path = predictions_file(grid_dir, config_hash)
     preds = preds.copy()
     preds.insert(0, "config_hash", config_hash)
-    with atomic_path(path) as tmp:
-        preds.to_parquet(tmp, index=False)
-    return path
+    return write_parquet(predictions_file(grid_dir, config_hash), preds)
 
 
-def read_predictions(grid_dir: Path, config_hash: str) -> pd.DataFrame:
+def read_predictions(grid_dir: Where, config_hash: str) -> pd.DataFrame:
     """A finished trial's predictions; a one-line error names a missing, broken or incomplete file."""
     path = predictions_file(grid_dir, config_hash)
     if not path.is_file():
         raise BenchError(f"{path}: missing (the predictions of a finished trial; rerun it with grid run --force)")
     try:
-        df = pd.read_parquet(path)
+        df = path.read_parquet()
     except Exception as e:  # pyarrow raises several types for a broken file
         raise BenchError(f"{path}: not a readable predictions file ({e})") from None
     if missing := [c for c in PREDICTION_COLUMNS if c not in df]:
@@ -184,26 +192,33 @@ def finished(df: pd.DataFrame, phase: str) -> pd.DataFrame:
     return df[(df["phase"] == phase) & (df["status"] == "finished")]
 
 
-def write_json(path: Path, data: dict) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(data, indent=2))
+def write_json(path: Where, data: dict) -> None:
+    Location.of(path).write_text(json.dumps(data, indent=2))
+
+
+def read_json(path: Where) -> dict | None:
+    """A JSON object written by ``write_json``, or None when missing or unreadable."""
+    try:
+        data = json.loads(Location.of(path).read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
 
 
 SPEC_FILE = "spec.yaml"
 
 
-def write_spec(grid_dir: Path, spec: dict, preset: str | None) -> None:
+def write_spec(grid_dir: Where, spec: dict, preset: str | None) -> None:
     import yaml
 
-    with atomic_path(Path(grid_dir) / SPEC_FILE) as tmp:
-        tmp.write_text(yaml.safe_dump({"preset": preset, **spec}, sort_keys=False))
+    (Location.of(grid_dir) / SPEC_FILE).write_text(yaml.safe_dump({"preset": preset, **spec}, sort_keys=False))
 
 
-def read_spec(grid_dir: Path) -> dict:
+def read_spec(grid_dir: Where) -> dict:
     """The spec a grid last ran with (``{}`` for results written before specs were kept)."""
     import yaml
 
-    path = Path(grid_dir) / SPEC_FILE
+    path = Location.of(grid_dir) / SPEC_FILE
     if not path.is_file():
         return {}
     try:
