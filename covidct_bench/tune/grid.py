@@ -339,23 +339,18 @@ def driver_lock(grid_dir: Location):
         path.unlink(missing_ok=True)
 
 
-def default_concurrency(spec: GridSpec) -> int:
-    """Trials that fit at once: CPUs (and GPUs) of the cluster over what one trial's workers ask for."""
-    import ray
+def cluster_fit(spec: GridSpec, connected: bool):
+    """How many trials of the spec run at once on this Ray cluster (tune.resources); BenchError if none can."""
+    from covidct_bench.tune.resources import cluster_nodes, fit
 
-    res = ray.cluster_resources()
     r = spec.resources
-    k = math.floor(res.get("CPU", 1) / (r.cpus * r.workers) + 1e-9)
-    if r.gpus:
-        k = min(k, math.floor(res.get("GPU", 0) / (r.gpus * r.workers) + 1e-9))
-    if k < 1:
-        need = f"{r.cpus * r.workers:g} CPU" + (f" + {r.gpus * r.workers:g} GPU" if r.gpus else "")
-        have = f"{res.get('CPU', 0):g} CPU" + (f" + {res.get('GPU', 0):g} GPU" if r.gpus else "")
-        raise BenchError(f"resources: a trial needs {need}, the Ray cluster has {have}; it would wait forever")
-    return k
+    nodes = cluster_nodes(connected)
+    return fit(r.workers, r.cpus, r.gpus, nodes), nodes
 
 
-def _init_ray(address: str | None, concurrency: int | None) -> None:
+def _init_ray(address: str | None, concurrency: int | None) -> bool:
+    """Start a local Ray with the trial-driver resource, or connect to ``address`` / $RAY_ADDRESS;
+    True when connected to an existing cluster."""
     import ray
 
     from covidct_bench.data.cache import init_ray
@@ -367,6 +362,7 @@ def _init_ray(address: str | None, concurrency: int | None) -> None:
     if TRIAL_RESOURCE not in ray.cluster_resources():  # trials would wait for it forever
         raise BenchError(f"--address {address}: the Ray cluster has no {TRIAL_RESOURCE!r} resource, which grid trials hold "
                          f"instead of a CPU; start its head with `ray start --head --resources='{{\"{TRIAL_RESOURCE}\": 64}}'`")
+    return bool(address)
 
 
 class Progress:
@@ -563,14 +559,20 @@ def run_grid(spec_path: str | os.PathLike, preset: str | None = None, results: "
                   console=console, transient=True) as bars:
             data = DataPlan(spec, bars)
             cells, pretrains = plan(spec, preset, results, data, env)  # bad data fails here, before Ray starts
-            _init_ray(address, max_concurrent)
-            concurrency = min(max_concurrent or 10**6, default_concurrency(spec))
+            connected = _init_ray(address, max_concurrent)
+            fitted, nodes = cluster_fit(spec, connected)
+            concurrency = min(max_concurrent or 10**6, fitted.concurrency)
             _check_trials(spec, cells, pretrains, data, bars)
         r = spec.resources
         console.print(f"[bold]grid {spec.name}[/] ({len(spec.cells())} cells x {len(spec.seeds)} seeds"
                       f"{f', preset {preset}' if preset else ''}): per trial {r.workers} worker(s) x "
                       f"{r.cpus:g} CPU{f' + {r.gpus:g} GPU' if r.gpus else ''}; up to {concurrency} trials at once; "
                       f"results in {grid_dir}")
+        console.print("cluster: " + ", ".join(n.describe() for n in nodes if not n.launchable)
+                      + (f"; the autoscaler may add {', '.join(n.describe() for n in nodes if n.launchable)}"
+                         if any(n.launchable for n in nodes) else "")
+                      + (f" (trials wait for it: {fitted.slots_now} worker slot(s) now, {fitted.slots_max} at most)"
+                         if fitted.waits_for_autoscaler else ""), highlight=False)
 
         # 1. CSSL pretraining, once per configuration (shared across grids)
         todo = {h: t for h, t in pretrains.items() if force or not _pretrained(Location.of(t.run_dir))}
@@ -631,7 +633,7 @@ def check_job_results(results) -> None:
     relative to it would be lost with the job's session."""
     if is_uri(str(results)) or Path(results).is_absolute():
         return
-    if os.environ.get("RAY_JOB_SUBMISSION_ID") or "runtime_resources/working_dir_files" in os.getcwd():
+    if os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR") or "runtime_resources/working_dir_files" in os.getcwd():
         raise BenchError(f"--results {results}: relative to this Ray job's temporary working directory, it would "
                          "be lost; pass a storage URI (s3://bucket/results) or an absolute path every node sees")
 
