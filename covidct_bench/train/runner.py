@@ -24,7 +24,7 @@ import shutil
 import tempfile
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -46,6 +46,8 @@ from covidct_bench.train.tasks import get_task
 
 CONFIG_FILE = "config.yaml"
 CHECKPOINTS = "checkpoints"
+WORKER_GROUP_START_TIMEOUT_ENV = "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"  # read by Train, passed on to its controller
+WORKER_GROUP_START_TIMEOUT_S = 3600
 
 # columns the report and the grid read first; the rest follow in order of appearance
 _METRIC_ORDER = ["epoch", "split", "loss", "accuracy", "precision", "sensitivity", "specificity", "f1", "auc",
@@ -54,7 +56,7 @@ _METRIC_ORDER = ["epoch", "split", "loss", "accuracy", "precision", "sensitivity
 
 @dataclass
 class RunResult:
-    path: Path
+    path: "Path | Location"  # the run folder (a Location when it is a storage URI)
     config: TrainConfig
     metrics: pd.DataFrame
     predictions: pd.DataFrame
@@ -95,9 +97,9 @@ def absolute_paths(cfg: TrainConfig) -> TrainConfig:
     return cfg.model_copy(update=update)
 
 
-def _has_run(out: Path) -> bool:
+def _has_run(out: Location) -> bool:
     """A folder holds a run once its first checkpoint exists (a run that failed earlier is replaced)."""
-    return (out / CONFIG_FILE).exists() and any((out / CHECKPOINTS).glob("checkpoint_*"))
+    return (out / CONFIG_FILE).exists() and bool((out / CHECKPOINTS).glob("checkpoint_*"))
 
 
 def prepare_data(cfg: TrainConfig, address: str | None = None, progress=None, build_model: bool = False
@@ -164,6 +166,11 @@ def trainer_for(cfg: TrainConfig, loop: dict, storage: "str | os.PathLike | Loca
         cpus = 1 if gpus else max(1, avail // cfg.workers)
     resources = {"CPU": cpus, **({"GPU": gpus} if gpus else {})}
     path, fs = Location.of(storage).for_ray()
+    # Waiting for resources is normal for a queued trial (another trial holds the CPUs, the autoscaler
+    # boots a node): Train's 60 s start timeout then retries, and in Ray 2.60 the placement group it gave
+    # up on can still be granted and never freed, which starves the retry forever (seen when a node died
+    # mid-grid). One long wait instead; the grid checked beforehand that the request fits the cluster.
+    os.environ.setdefault(WORKER_GROUP_START_TIMEOUT_ENV, str(WORKER_GROUP_START_TIMEOUT_S))
     return TorchTrainer(
         train_func_per_worker, train_loop_config=loop,
         scaling_config=ScalingConfig(num_workers=cfg.workers, use_gpu=bool(gpus), resources_per_worker=resources),
@@ -172,10 +179,11 @@ def trainer_for(cfg: TrainConfig, loop: dict, storage: "str | os.PathLike | Loca
                              failure_config=FailureConfig(max_failures=max_failures), callbacks=callbacks or []))
 
 
-def run_training(cfg: TrainConfig, out: str | os.PathLike, resume: bool = False, address: str | None = None,
+def run_training(cfg: TrainConfig, out: "str | os.PathLike | Location", resume: bool = False, address: str | None = None,
                  on_epoch: Callable[[dict], None] | None = None, progress=None) -> RunResult:
-    """Train ``cfg`` as a Ray Train job into run folder ``out`` (``resume``: continue a stopped run)."""
-    out = Path(out)
+    """Train ``cfg`` as a Ray Train job into run folder ``out``, a local folder or a storage URI (on a
+    cluster, one that every node reaches); ``resume``: continue a stopped run."""
+    out = Location.of(out)
     if _has_run(out) and not resume:
         raise BenchError(f"--out {out} already holds a run; pass --resume to continue it or choose another folder")
     if resume and not _has_run(out):
@@ -184,10 +192,10 @@ def run_training(cfg: TrainConfig, out: str | os.PathLike, resume: bool = False,
     if resume:
         _compare_for_resume(yaml.safe_load((out / CONFIG_FILE).read_text()), cfg, out)
     else:
-        shutil.rmtree(out / CHECKPOINTS, ignore_errors=True)  # leftovers of a run that failed before epoch 1
-    out.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out / CONFIG_FILE) as tmp:
-        tmp.write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+        (out / CHECKPOINTS).rmtree()  # leftovers of a run that failed before epoch 1
+    out.mkdir()
+    # written first, where the checkpoints go: a run stopped half-way can be resumed
+    (out / CONFIG_FILE).write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
 
     from ray.util.queue import Empty, Queue
 
@@ -219,7 +227,9 @@ def run_training(cfg: TrainConfig, out: str | os.PathLike, resume: bool = False,
     result = box["result"]
     if result.error is not None:
         raise BenchError(f"training failed: {root_reason(result.error)}")
-    return finish(out, cfg, result, wall)
+    with staging(out) as stage:
+        run = finish(stage, cfg, result, wall)
+    return replace(run, path=out.local if not out.scheme else out)
 
 
 def tidy_metrics(history: list[dict]) -> pd.DataFrame:

@@ -57,15 +57,20 @@ def test_run_folder_holds_config_metrics_predictions_checkpoints(straight):
 
 
 def test_same_seed_same_metrics_and_resume_continues_exactly(straight, synthetic_root, ray_local, tmp_path):
-    first = run_training(tiny(synthetic_root, epochs=1), tmp_path / "resumed")
+    """The resumed run lives at a storage URI (file://, the code path of s3:// and gs://): checkpoints
+    through Ray's pyarrow filesystem, the run's files published there when it finishes."""
+    out = f"file://{tmp_path}/resumed"
+    first = run_training(tiny(synthetic_root, epochs=1), out)
+    assert first.path.uri == out and (tmp_path / "resumed" / "summary.json").is_file()
     pd.testing.assert_frame_equal(comparable(first.metrics), comparable(straight.metrics[straight.metrics["epoch"] == 0]))
     with pytest.raises(BenchError, match="already holds a run; pass --resume"):
-        run_training(tiny(synthetic_root, epochs=2), tmp_path / "resumed")
+        run_training(tiny(synthetic_root, epochs=2), out)
     with pytest.raises(BenchError, match="--resume: .* differs in lr"):
-        run_training(tiny(synthetic_root, epochs=2, lr=1e-3), tmp_path / "resumed", resume=True)
-    resumed = run_training(tiny(synthetic_root, epochs=2), tmp_path / "resumed", resume=True)
+        run_training(tiny(synthetic_root, epochs=2, lr=1e-3), out, resume=True)
+    resumed = run_training(tiny(synthetic_root, epochs=2), out, resume=True)
     pd.testing.assert_frame_equal(comparable(resumed.metrics), comparable(straight.metrics))
     pd.testing.assert_frame_equal(resumed.predictions, straight.predictions)
+    assert json.loads((tmp_path / "resumed" / "summary.json").read_text())["resumed_at_epochs"] == [1]
     # that another seed gives other scores is checked on the two seeds of the Optuna grid test
 
 
