@@ -12,6 +12,7 @@ from typing import Callable, Optional
 import typer
 from pydantic import ValidationError
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from covidct_bench import __version__
@@ -32,12 +33,13 @@ class App(typer.Typer):
             def run(*a, **kw):
                 try:
                     return fn(*a, **kw)
-                except BenchError as e:
-                    err_console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+                except BenchError as e:  # messages name files and options: [brackets] are text, not markup
+                    err_console.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
                     raise typer.Exit(1) from None
                 except ValidationError as e:
                     key, msg = first_invalid(e)
-                    err_console.print(f"[bold red]error:[/] {key or 'value'}: {msg}", highlight=False, soft_wrap=True)
+                    text = escape(f"{key or 'value'}: {msg}")
+                    err_console.print(f"[bold red]error:[/] {text}", highlight=False, soft_wrap=True)
                     raise typer.Exit(1) from None
                 except KeyboardInterrupt:
                     err_console.print("[yellow]interrupted[/]; nothing half-written was kept")
@@ -58,6 +60,12 @@ train_app = App(help="Train on Ray Train: classify, multitask, segment (lung U-N
 app.add_typer(train_app, name="train")
 grid_app = App(help="Ablation grids (ablations/*.yaml) on Ray Tune + Optuna + Ray Train; results as Parquet.", no_args_is_help=True)
 app.add_typer(grid_app, name="grid")
+cluster_app = App(help="Ray clusters: cluster.yaml through Ray's launcher (up/down/status/dashboard), jobs (submit), "
+                       "and a multi-node cluster on this machine (local).", no_args_is_help=True)
+app.add_typer(cluster_app, name="cluster")
+local_app = App(help="A real multi-node Ray cluster on this machine (loopback, token auth), to try the cluster path.",
+                no_args_is_help=True)
+cluster_app.add_typer(local_app, name="local")
 
 RootOpt = typer.Option(None, "--root", help="Datasets folder (default: $COVIDCT_BENCH_ROOT or ./datasets).")
 
@@ -332,7 +340,7 @@ def _epoch_table(rows: list[dict], epochs: int) -> Table:
     return table
 
 
-def _train(task: str, config: Optional[Path], overrides: dict, out: Optional[Path], resume: bool, address: Optional[str]) -> None:
+def _train(task: str, config: Optional[Path], overrides: dict, out: Optional[str], resume: bool, address: Optional[str]) -> None:
     import datetime as _dt
 
     from rich.live import Live
@@ -342,7 +350,7 @@ def _train(task: str, config: Optional[Path], overrides: dict, out: Optional[Pat
 
     cfg = load_config(config, {**overrides, "task": task})
     if out is None:
-        out = Path("runs") / f"{task}-{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
+        out = str(Path("runs") / f"{task}-{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}")
     rows: list[dict] = []
     live: list[Live] = []  # started with the first epoch, so an early error prints one line only
 
@@ -388,7 +396,8 @@ def _make_train_command(task: str, doc: str) -> None:
         gpu: Optional[bool] = typer.Option(None, "--gpu/--cpu", help="One GPU per worker."),
         seed: Optional[int] = typer.Option(None, "--seed"),
         loader_workers: Optional[int] = typer.Option(None, "--loader-workers", help="DataLoader processes per worker."),
-        out: Optional[Path] = typer.Option(None, "--out", help="Run folder (default runs/<task>-<time>)."),
+        out: Optional[str] = typer.Option(None, "--out", help="Run folder or storage URI (s3://, gs://, file://; on a "
+                                          "cluster one every node reaches) [default: runs/<task>-<time>]."),
         resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
         address: Optional[str] = typer.Option(None, "--address", help="Ray cluster address (default: local / $RAY_ADDRESS)."),
     ) -> None:
@@ -469,6 +478,137 @@ def grid_status_cmd(
         for row in df.itertuples(index=False):
             table.add_row(*map(str, row))
         console.print(table)
+
+
+@grid_app.command("cost")
+def grid_cost(
+    results: Optional[list[str]] = typer.Argument(None, help="Results folders or URIs [default: results]."),
+    price: float = typer.Option(..., "--price-per-gpu-hour", min=0, help="What one GPU-hour costs you (e.g. 1.006: a "
+                                "g5.xlarge on demand in us-east-1 when this was written; spot is lower)."),
+    grid: Optional[str] = typer.Option(None, "--grid", help="Only this grid."),
+) -> None:
+    """GPU-hours the grids used (stored per trial: GPUs x Train wall time) x your price, with CSSL pretraining."""
+    from covidct_bench.report.cost import grid_costs
+
+    df = grid_costs(results or ["results"], price, grid)
+    table = Table(title=f"GPU cost at {price:g} per GPU-hour", show_edge=False)
+    for col in ("grid", "trials", "failed attempts", "train hours", "GPU-hours", "cost"):
+        table.add_column(col, justify="left" if col == "grid" else "right")
+    for r in df.itertuples(index=False):
+        table.add_row(r.grid, str(int(r.trials)), str(int(r.failed_attempts)), f"{r.train_hours:.2f}", f"{r.gpu_hours:.2f}",
+                      f"{r.cost:.2f}", style="bold" if r.grid == "total" else None)
+    console.print(table)
+    if not df["gpu_hours"].iloc[-1]:
+        console.print("no GPU time in these results (CPU trials): train hours are the wall time of their Train runs")
+
+
+# --------------------------------------------------------------------------------------------- cluster
+ConfigArg = typer.Argument(Path("cluster.yaml"), help="Cluster-launcher config [default: cluster.yaml].")
+
+
+@cluster_app.command("up")
+def cluster_up(config: Path = ConfigArg, yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask to confirm."),
+               restart: bool = typer.Option(True, "--restart/--no-restart", help="Restart Ray on nodes that run it.")) -> None:
+    """Start or update the cluster (`ray up`): checks the cloud SDK and the auth token the nodes share first."""
+    from covidct_bench.cluster import launcher as L
+
+    L.check_sdk(L.load_config(config), config)
+    token, made = L.ensure_token()
+    err_console.print(f"auth token: {token}{' (generated now)' if made else ''}; cluster.yaml mounts it on every node")
+    raise typer.Exit(L.run(L.up_command(config, yes, restart)))
+
+
+@cluster_app.command("down")
+def cluster_down(config: Path = ConfigArg, yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask to confirm.")) -> None:
+    """Stop the cluster and terminate its nodes (`ray down`)."""
+    from covidct_bench.cluster import launcher as L
+
+    L.check_sdk(L.load_config(config), config)
+    raise typer.Exit(L.run(L.down_command(config, yes)))
+
+
+@cluster_app.command("status")
+def cluster_status(config: Optional[Path] = typer.Argument(None, help="Cluster-launcher config (runs `ray status` on its head)."),
+                   address: Optional[str] = typer.Option(None, "--address", help="A running cluster's address "
+                                                         "(default: $RAY_ADDRESS) instead of a config.")) -> None:
+    """Nodes, resources and pending demands (`ray status`)."""
+    from covidct_bench.cluster import launcher as L
+
+    if config is not None:
+        L.load_config(config)
+    raise typer.Exit(L.run(L.status_command(config, address)))
+
+
+@cluster_app.command("dashboard")
+def cluster_dashboard(config: Path = ConfigArg) -> None:
+    """Forward the head's dashboard and jobs API (bound to its 127.0.0.1) to 127.0.0.1:8265 here (`ray dashboard`)."""
+    from covidct_bench.cluster import launcher as L
+
+    L.load_config(config)
+    raise typer.Exit(L.run(L.dashboard_command(config)))
+
+
+@cluster_app.command("submit", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def cluster_submit(
+    ctx: typer.Context,
+    address: Optional[str] = typer.Option(None, "--address", help=f"Jobs API or cluster address (default: $RAY_ADDRESS, "
+                                          f"else {'http://127.0.0.1:8265'}, where `cluster dashboard` forwards it)."),
+    working_dir: Path = typer.Option(Path("."), "--working-dir", help="Uploaded as the job's working directory (the repository)."),
+    no_wait: bool = typer.Option(False, "--no-wait", help="Return once submitted instead of following the job's logs."),
+) -> None:
+    """Run a covidct-bench command on the cluster as a Ray job: cluster submit -- grid run SPEC --results s3://B/results"""
+    from covidct_bench.cluster import launcher as L
+
+    raise typer.Exit(L.run(L.submit_command(list(ctx.args), address, working_dir, no_wait)))
+
+
+LocalDirOpt = typer.Option(Path(".ray-local"), "--dir", help="The local cluster's folder (state, token, logs).")
+
+
+@local_app.command("up")
+def cluster_local_up(nodes: int = typer.Option(2, "--nodes", min=1, help="Ray nodes, the head included."),
+                     cpus: float = typer.Option(1, "--cpus", min=0, help="CPUs each node offers to Train workers."),
+                     gpus: float = typer.Option(0, "--gpus", min=0, help="GPUs each node offers."),
+                     trial_drivers: int = typer.Option(4, "--trial-drivers", min=1, help="Grid trials the head can drive at once."),
+                     root: Optional[Path] = typer.Option(None, "--root", help="Datasets folder the cluster's jobs read "
+                                                         "(default: $COVIDCT_BENCH_ROOT or ./datasets)."),
+                     folder: Path = LocalDirOpt) -> None:
+    """Start a head (127.0.0.2) and NODES-1 more Ray nodes (127.0.0.3, ...) on this machine, token auth on."""
+    from covidct_bench.cluster.local import LocalCluster
+
+    c = LocalCluster(folder).up(nodes, cpus, gpus, trial_drivers, root=root)
+    console.print(f"[green]local cluster up[/]: {len(c.nodes)} node(s) at {', '.join(n.ip for n in c.nodes)}; "
+                  f"dashboard {c.dashboard_url}; datasets {c.root}; logs in {c.folder}", highlight=False)
+    where = f" --dir {folder}" if folder != Path(".ray-local") else ""
+    console.print(f'use it from this shell with:\n  eval "$(covidct-bench cluster local env{where})"', highlight=False)
+
+
+@local_app.command("env")
+def cluster_local_env(folder: Path = LocalDirOpt) -> None:
+    """Print the exports that point Ray clients (grid run, cluster submit, ray status) at the local cluster."""
+    from covidct_bench.cluster.local import LocalCluster
+
+    for k, v in LocalCluster.load(folder).env().items():
+        sys.stdout.write(f"export {k}={v}\n")
+
+
+@local_app.command("kill-node")
+def cluster_local_kill_node(index: int = typer.Argument(..., help="Node number (1 = the first after the head)."),
+                            folder: Path = LocalDirOpt) -> None:
+    """SIGKILL a node's raylet, as a lost machine would (Train restarts its workers elsewhere)."""
+    from covidct_bench.cluster.local import LocalCluster
+
+    LocalCluster.load(folder).kill_node(index)
+    console.print(f"node {index}: raylet killed")
+
+
+@local_app.command("down")
+def cluster_local_down(folder: Path = LocalDirOpt) -> None:
+    """Stop the processes this local cluster started (and nothing else)."""
+    from covidct_bench.cluster.local import LocalCluster
+
+    LocalCluster.load(folder).down()
+    console.print("local cluster stopped")
 
 
 FORMATS = ("table", "md", "html", "csv", "json")

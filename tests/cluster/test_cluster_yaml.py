@@ -11,7 +11,7 @@ import pytest
 import yaml
 from ray.autoscaler._private.util import prepare_config, validate_config
 
-CLUSTER = Path(__file__).resolve().parents[1] / "cluster.yaml"
+CLUSTER = Path(__file__).resolve().parents[2] / "cluster.yaml"
 
 
 @pytest.fixture(scope="module")
@@ -43,5 +43,8 @@ def test_head_trains_nothing_workers_are_spot_gpus_and_the_dashboard_stays_local
     assert re.match(r"g\d", worker["node_config"]["InstanceType"])
     assert any("--dashboard-host=127.0.0.1" in c for c in config["head_start_ray_commands"])
     assert "/home/ray/covidct-bench" in config["file_mounts"] and any("pip install" in c for c in config["setup_commands"])
+    # token auth on for every process of every node, with the token the client holds mounted on each
+    assert "--env=RAY_AUTH_MODE=token" in config["docker"]["run_options"]
+    assert config["file_mounts"]["/home/ray/.ray/auth_token"] == "~/.ray/auth_token"
     text = CLUSTER.read_text()
     assert not re.search(r"(?i)aws_access_key|aws_secret|secret_access|password|RAY_AUTH_MODE\s*[:=]\s*disabled", text)
