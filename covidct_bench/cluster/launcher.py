@@ -19,7 +19,6 @@ import yaml
 
 from covidct_bench.cluster.local import _ray
 from covidct_bench.errors import BenchError
-from covidct_bench.storage import is_uri
 
 PROVIDER_SDK = {"aws": ("boto3", "aws"), "gcp": ("googleapiclient", "gcp")}  # provider type -> (module, our extra)
 JOBS_ADDRESS = "http://127.0.0.1:8265"
@@ -109,11 +108,9 @@ def check_job_args(args: list[str]) -> None:
         raise BenchError("cluster submit: name the covidct-bench command to run, e.g. "
                          "-- grid run ablations/smoke.yaml --results s3://BUCKET/results")
     if args[:2] == ["grid", "run"]:
-        results = _option(args, "--results", "results")
-        if not (is_uri(results) or Path(results).is_absolute()):
-            raise BenchError(f"--results {results}: the job runs in a temporary copy of the working directory on the "
-                             "head node, so relative results would be lost; pass a storage URI (s3://BUCKET/results) "
-                             "or an absolute path every node sees")
+        from covidct_bench.tune.grid import check_job_results
+
+        check_job_results(_option(args, "--results", "results"), in_job=True)
 
 
 def submit_command(args: list[str], address: str | None = None, working_dir: str | os.PathLike = ".",

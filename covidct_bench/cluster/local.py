@@ -154,13 +154,7 @@ class LocalCluster:
 
     def raylet_pid(self, index: int) -> int | None:
         """The raylet of node ``index`` (a process of that node's group)."""
-        pgid = self.nodes[index].pgid
-        out = subprocess.run(["ps", "-eo", "pid=,pgid=,comm="], capture_output=True, text=True).stdout
-        for line in out.splitlines():
-            pid, group, comm = line.split(None, 2)
-            if int(group) == pgid and comm.strip() == "raylet":
-                return int(pid)
-        return None
+        return next((p.pid for p in _group(self.nodes[index].pgid) if p.info["name"] == "raylet"), None)
 
     def kill_node(self, index: int) -> None:
         """SIGKILL the node's raylet, as a lost machine would: its ``ray start --block`` then stops the rest."""
@@ -191,7 +185,19 @@ def _killpg(pgid: int, sig: int) -> None:
         pass
 
 
+def _group(pgid: int) -> list:
+    """The live processes of a process group (zombies of our own children do not count)."""
+    import psutil
+
+    out = []
+    for p in psutil.process_iter(["name", "status"]):
+        try:
+            if p.info["status"] != psutil.STATUS_ZOMBIE and os.getpgid(p.pid) == pgid:
+                out.append(p)
+        except (ProcessLookupError, psutil.Error):
+            continue
+    return out
+
+
 def _alive(pgid: int) -> bool:
-    """Any process left in the group (zombies of our own children do not count)."""
-    out = subprocess.run(["ps", "-eo", "pgid=,stat="], capture_output=True, text=True).stdout
-    return any(int(g) == pgid and not s.startswith("Z") for g, s in (line.split(None, 1) for line in out.splitlines()))
+    return bool(_group(pgid))

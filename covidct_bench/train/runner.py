@@ -97,6 +97,11 @@ def absolute_paths(cfg: TrainConfig) -> TrainConfig:
     return cfg.model_copy(update=update)
 
 
+def write_config(out: "str | os.PathLike | Location", cfg: TrainConfig) -> None:
+    """The resolved config, written first where the checkpoints go: a run stopped half-way can be resumed."""
+    (Location.of(out) / CONFIG_FILE).write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+
+
 def _has_run(out: Location) -> bool:
     """A folder holds a run once its first checkpoint exists (a run that failed earlier is replaced)."""
     return (out / CONFIG_FILE).exists() and bool((out / CHECKPOINTS).glob("checkpoint_*"))
@@ -194,8 +199,7 @@ def run_training(cfg: TrainConfig, out: "str | os.PathLike | Location", resume: 
     else:
         (out / CHECKPOINTS).rmtree()  # leftovers of a run that failed before epoch 1
     out.mkdir()
-    # written first, where the checkpoints go: a run stopped half-way can be resumed
-    (out / CONFIG_FILE).write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+    write_config(out, cfg)
 
     from ray.util.queue import Empty, Queue
 

@@ -238,9 +238,8 @@ def grid_trial(config: dict, jobs: dict[str, dict]) -> None:
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from covidct_bench.io import atomic_path
     from covidct_bench.train.config import TrainConfig
-    from covidct_bench.train.runner import CONFIG_FILE, finish, prepare, staging, trainer_for
+    from covidct_bench.train.runner import finish, prepare, staging, trainer_for, write_config
 
     started = time.perf_counter()
     job = dict(jobs[config.get("key", "search")])
@@ -262,9 +261,8 @@ def grid_trial(config: dict, jobs: dict[str, dict]) -> None:
     try:
         cfg = TrainConfig(**trial.train)
         cfg, loop = prepare(cfg)
+        write_config(run_dir, cfg)  # as `train` writes it
         with staging(run_dir) as stage:  # the run's files; published to run_dir (a URI) when the block ends
-            with atomic_path(stage / CONFIG_FILE) as tmp:  # the resolved config, as `train` writes it
-                tmp.write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
             trainer = trainer_for(cfg, loop, run_dir, callbacks=[TuneReportCallback()], max_failures=trial.max_failures)
             t0 = time.perf_counter()
             result = trainer.fit()
@@ -628,14 +626,17 @@ def run_grid(spec_path: str | os.PathLike, preset: str | None = None, results: "
     return outcome
 
 
-def check_job_results(results) -> None:
-    """Inside a Ray job the working directory is a temporary copy on the head node: results written
-    relative to it would be lost with the job's session."""
+def check_job_results(results, in_job: bool | None = None) -> None:
+    """Inside a Ray job (``in_job``; default: detected) the working directory is a temporary copy on
+    the head node: results written relative to it would be lost with the job's session."""
     if is_uri(str(results)) or Path(results).is_absolute():
         return
-    if os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR") or "runtime_resources/working_dir_files" in os.getcwd():
-        raise BenchError(f"--results {results}: relative to this Ray job's temporary working directory, it would "
-                         "be lost; pass a storage URI (s3://bucket/results) or an absolute path every node sees")
+    if in_job is None:
+        in_job = bool(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR")) or "runtime_resources/working_dir_files" in os.getcwd()
+    if in_job:
+        raise BenchError(f"--results {results}: the job runs in a temporary copy of the working directory on the head "
+                         "node, so relative results would be lost; pass a storage URI (s3://BUCKET/results) or an "
+                         "absolute path every node sees")
 
 
 def _pretrained(run_dir: Location) -> bool:
