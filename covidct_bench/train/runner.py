@@ -97,6 +97,15 @@ def absolute_paths(cfg: TrainConfig) -> TrainConfig:
     return cfg.model_copy(update=update)
 
 
+def _check_fits(cfg: TrainConfig, connected: bool) -> None:
+    """A run whose workers fit no node, now or after the autoscaler scales up, fails here in one line."""
+    from covidct_bench.resources import cluster_nodes, fit
+
+    nodes = cluster_nodes(connected)
+    cpus, gpus = worker_resources(cfg, nodes)
+    fit(cfg.workers, cpus, gpus, nodes)
+
+
 def write_config(out: "str | os.PathLike | Location", cfg: TrainConfig) -> None:
     """The resolved config, written first where the checkpoints go: a run stopped half-way can be resumed."""
     (Location.of(out) / CONFIG_FILE).write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
@@ -154,21 +163,27 @@ def staging(run_dir: "str | os.PathLike | Location") -> Iterator[Path]:
         shutil.rmtree(stage, ignore_errors=True)
 
 
+def worker_resources(cfg: TrainConfig, nodes=None) -> tuple[float, float]:
+    """(CPUs, GPUs) of one Train worker: as configured, else 1 CPU with a GPU, else as many CPUs as let
+    every worker fit on the live Ray nodes (a worker runs on one node)."""
+    from covidct_bench.resources import cluster_nodes, default_cpus
+
+    gpus = cfg.gpus_per_worker or (1 if cfg.gpu else 0)
+    if cfg.cpus_per_worker is not None:
+        return cfg.cpus_per_worker, gpus
+    return (1 if gpus else default_cpus(cfg.workers, gpus, nodes if nodes is not None else cluster_nodes(False))), gpus
+
+
 def trainer_for(cfg: TrainConfig, loop: dict, storage: "str | os.PathLike | Location", callbacks: list | None = None,
                 max_failures: int = 0):
     """The ``TorchTrainer`` of a prepared run (also used by the grids, with Tune's callback). Checkpoints
     go to ``storage/checkpoints`` (a local folder or a storage URI). A run folder that already holds
     checkpoints continues from the latest one; ``max_failures``: restarts of a worker group that died,
     each from the last checkpoint."""
-    import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    gpus = cfg.gpus_per_worker or (1 if cfg.gpu else 0)
-    cpus = cfg.cpus_per_worker
-    if cpus is None:
-        avail = int(ray.available_resources().get("CPU", 1))
-        cpus = 1 if gpus else max(1, avail // cfg.workers)
+    cpus, gpus = worker_resources(cfg)
     resources = {"CPU": cpus, **({"GPU": gpus} if gpus else {})}
     path, fs = Location.of(storage).for_ray()
     # Waiting for resources is normal for a queued trial (another trial holds the CPUs, the autoscaler
@@ -194,6 +209,7 @@ def run_training(cfg: TrainConfig, out: "str | os.PathLike | Location", resume: 
     if resume and not _has_run(out):
         raise BenchError(f"--resume: {out} holds no run to resume")
     cfg, loop = prepare(cfg, address, progress)
+    _check_fits(cfg, bool(address or os.environ.get("RAY_ADDRESS")))
     if resume:
         _compare_for_resume(yaml.safe_load((out / CONFIG_FILE).read_text()), cfg, out)
     else:

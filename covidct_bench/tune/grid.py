@@ -338,8 +338,8 @@ def driver_lock(grid_dir: Location):
 
 
 def cluster_fit(spec: GridSpec, connected: bool):
-    """How many trials of the spec run at once on this Ray cluster (tune.resources); BenchError if none can."""
-    from covidct_bench.tune.resources import cluster_nodes, fit
+    """How many trials of the spec run at once on this Ray cluster (covidct_bench.resources); BenchError if none can."""
+    from covidct_bench.resources import cluster_nodes, fit
 
     r = spec.resources
     nodes = cluster_nodes(connected)

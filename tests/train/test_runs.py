@@ -74,6 +74,12 @@ def test_same_seed_same_metrics_and_resume_continues_exactly(straight, synthetic
     # that another seed gives other scores is checked on the two seeds of the Optuna grid test
 
 
+def test_a_run_that_fits_no_node_fails_in_one_line_before_training(synthetic_root, ray_local, tmp_path):
+    with pytest.raises(BenchError, match=r"a run needs 1 Train worker\(s\) of 1 CPU \+ 1 GPU each and no node fits one"):
+        run_training(tiny(synthetic_root, epochs=1, gpu=True), tmp_path / "gpu")
+    assert not (tmp_path / "gpu").exists()
+
+
 def test_multitask_with_lung_mask_channel(synthetic_root, ray_local, tmp_path):
     r = run_training(tiny(synthetic_root, task="multitask", epochs=1, mask_mode="channel", aspp_rates=(1, 2)), tmp_path / "mt")
     m = r.metrics.set_index("split")

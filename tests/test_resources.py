@@ -10,9 +10,9 @@ import pytest
 import yaml
 
 from covidct_bench.errors import BenchError
-from covidct_bench.tune.resources import NodeKind, autoscaler_node_types, fit
+from covidct_bench.resources import NodeKind, autoscaler_node_types, default_cpus, fit
 
-CLUSTER = Path(__file__).resolve().parents[2] / "cluster.yaml"
+CLUSTER = Path(__file__).resolve().parents[1] / "cluster.yaml"
 
 
 def test_one_cpu_workers_on_two_one_cpu_nodes_run_two_trials():
@@ -41,7 +41,7 @@ def test_trial_drivers_cap_concurrency():
 
 
 def test_a_worker_that_fits_no_node_is_refused_with_the_largest_node_named():
-    with pytest.raises(BenchError, match=r"needs 1 Train worker\(s\) of 1 CPU \+ 2 GPU each and no node fits one "
+    with pytest.raises(BenchError, match=r"a run needs 1 Train worker\(s\) of 1 CPU \+ 2 GPU each and no node fits one "
                                          r"\(largest: n1 \(8 CPU \+ 1 GPU\)\); it would wait forever"):
         fit(1, 1, 2, [NodeKind("head", 0, trial_drivers=4), NodeKind("n1", 8, 1)])
     with pytest.raises(BenchError, match=r"needs 3 Train worker\(s\) of 1 CPU each and the cluster fits 2 at most"):
@@ -71,3 +71,12 @@ def test_a_gpu_grid_on_the_launcher_cluster_waits_for_the_autoscaler_instead_of_
     assert autoscaler_node_types(capped)[0].count == 2
     # a node type whose resources are unknown (not filled in) is not counted
     assert autoscaler_node_types(yaml.safe_load(CLUSTER.read_text())) == []
+
+
+def test_default_cpus_per_worker_fit_one_node_each():
+    two_small = [NodeKind("head", 1, trial_drivers=4), NodeKind("n2", 1)]
+    assert default_cpus(1, 0, two_small) == 1  # not the cluster's 2: no node has 2
+    assert default_cpus(1, 0, [NodeKind("laptop", 2)]) == 2 and default_cpus(2, 0, [NodeKind("laptop", 2)]) == 1
+    assert default_cpus(2, 0, [NodeKind("a", 3), NodeKind("b", 1)]) == 1  # 2 + 2 fit nowhere, 1 + 1 do
+    assert default_cpus(2, 0, [NodeKind("a", 4), NodeKind("b", 1)]) == 2
+    assert default_cpus(1, 0, [NodeKind("head", 0, trial_drivers=16), NodeKind("gpu", 4, 1, launchable=True)]) == 1

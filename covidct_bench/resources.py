@@ -1,4 +1,5 @@
-"""Does a grid fit the cluster? Worker slots counted node by node, live nodes and autoscaler node types.
+"""Does a grid (or a training run) fit the cluster? Worker slots counted node by node, live nodes and
+autoscaler node types.
 
 A trial holds one ``trial_driver`` unit and starts ``workers`` Train workers of ``cpus`` CPUs and
 ``gpus`` GPUs each (fractional GPUs: several trials share one GPU; ``workers`` > 1: a data-parallel
@@ -74,9 +75,18 @@ def fit(workers: int, cpus: float, gpus: float, nodes: list[NodeKind]) -> Fit:
             where = f"no node fits one (largest: {largest.describe()})" if largest else "the cluster has no nodes"
         else:
             where = f"the cluster fits {slots_max} at most"
-        raise BenchError(f"resources: a trial needs {workers} Train worker(s) of {_need(cpus, gpus)} each and {where}; "
-                         f"it would wait forever (lower resources.cpus / gpus / workers in the spec, or add nodes)")
+        raise BenchError(f"resources: a run needs {workers} Train worker(s) of {_need(cpus, gpus)} each and {where}; "
+                         f"it would wait forever (ask for fewer CPUs / GPUs / workers: resources in a grid spec, "
+                         f"--gpu / --workers for train; or add nodes)")
     return Fit(min(k, drivers) if drivers else k, slots_now, slots_max, drivers)
+
+
+def default_cpus(workers: int, gpus: float, nodes: list[NodeKind]) -> int:
+    """CPUs per Train worker when the run names none: the most that still lets ``workers`` of them fit
+    on the live nodes (one worker per node of a two-node cluster, all CPUs of a laptop)."""
+    live = [n for n in nodes if not n.launchable]
+    top = max(1, min(int(sum(n.cpus for n in live) // workers), int(max((n.cpus for n in live), default=1))))
+    return next((c for c in range(top, 0, -1) if sum(n.slots(c, gpus) for n in live) >= workers), 1)
 
 
 def autoscaler_node_types(config: dict) -> list[NodeKind]:
