@@ -40,6 +40,19 @@ def cache_dir() -> Path:
     return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "covidct-bench").expanduser()
 
 
+def check_job_results(results, in_job: bool | None = None) -> None:
+    """Inside a Ray job (``in_job``; default: detected) the working directory is a temporary copy on
+    the head node: results written relative to it would be lost with the job's session."""
+    if is_uri(str(results)) or Path(results).is_absolute():
+        return
+    if in_job is None:
+        in_job = bool(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR")) or "runtime_resources/working_dir_files" in os.getcwd()
+    if in_job:
+        raise BenchError(f"--results {results}: the job runs in a temporary copy of the working directory on the head "
+                         "node, so relative results would be lost; pass a storage URI (s3://BUCKET/results) or an "
+                         "absolute path every node sees")
+
+
 class Location:
     """A file or folder: a pyarrow filesystem + a path in it (+ the URI scheme it came from)."""
 

@@ -19,6 +19,7 @@ import yaml
 
 from covidct_bench.cluster.local import _ray
 from covidct_bench.errors import BenchError
+from covidct_bench.storage import check_job_results
 
 PROVIDER_SDK = {"aws": ("boto3", "aws"), "gcp": ("googleapiclient", "gcp")}  # provider type -> (module, our extra)
 JOBS_ADDRESS = "http://127.0.0.1:8265"
@@ -108,8 +109,6 @@ def check_job_args(args: list[str]) -> None:
         raise BenchError("cluster submit: name the covidct-bench command to run, e.g. "
                          "-- grid run ablations/smoke.yaml --results s3://BUCKET/results")
     if args[:2] == ["grid", "run"]:
-        from covidct_bench.tune.grid import check_job_results
-
         check_job_results(_option(args, "--results", "results"), in_job=True)
 
 

@@ -165,8 +165,9 @@ class LocalCluster:
             raise BenchError(f"node {index}: no raylet running")
         os.kill(pid, signal.SIGKILL)
 
-    def down(self, timeout: float = 20) -> None:
-        """Stop every process group this cluster started (workers last, the head first to go is fine)."""
+    def down(self, timeout: float = 3) -> None:
+        """Stop every process group this cluster started: SIGTERM, then SIGKILL after ``timeout`` s (Ray's
+        processes take 20 s and more to stop gracefully; nothing of a local cluster needs saving by then)."""
         for node in reversed(self.nodes):
             _killpg(node.pgid, signal.SIGTERM)
         t0 = time.monotonic()

@@ -42,7 +42,7 @@ import yaml
 
 from covidct_bench.data.manifest import load_manifest
 from covidct_bench.errors import BenchError, root_reason
-from covidct_bench.storage import Location, is_uri
+from covidct_bench.storage import Location, check_job_results
 from covidct_bench.tune import results as R
 from covidct_bench.train.config import TrainConfig
 from covidct_bench.train.runner import absolute_paths
@@ -624,19 +624,6 @@ def run_grid(spec_path: str | os.PathLike, preset: str | None = None, results: "
         outcome.ran = len(todo)
         outcome.phases["final"] = len(todo)
     return outcome
-
-
-def check_job_results(results, in_job: bool | None = None) -> None:
-    """Inside a Ray job (``in_job``; default: detected) the working directory is a temporary copy on
-    the head node: results written relative to it would be lost with the job's session."""
-    if is_uri(str(results)) or Path(results).is_absolute():
-        return
-    if in_job is None:
-        in_job = bool(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR")) or "runtime_resources/working_dir_files" in os.getcwd()
-    if in_job:
-        raise BenchError(f"--results {results}: the job runs in a temporary copy of the working directory on the head "
-                         "node, so relative results would be lost; pass a storage URI (s3://BUCKET/results) or an "
-                         "absolute path every node sees")
 
 
 def _pretrained(run_dir: Location) -> bool:
