@@ -24,6 +24,10 @@ AUTOSCALER_CONFIG_ENV = "COVIDCT_BENCH_AUTOSCALER_CONFIG"
 _EPS = 1e-9
 
 
+def _need(cpus: float, gpus: float) -> str:
+    return f"{cpus:g} CPU" + (f" + {gpus:g} GPU" if gpus else "")
+
+
 @dataclass(frozen=True)
 class NodeKind:
     """Live nodes (``count`` 1 each) or a node type the autoscaler may start ``count`` times."""
@@ -43,7 +47,7 @@ class NodeKind:
         return max(k, 0)
 
     def describe(self) -> str:
-        what = f"{self.cpus:g} CPU" + (f" + {self.gpus:g} GPU" if self.gpus else "")
+        what = _need(self.cpus, self.gpus)
         return f"{self.count} x {self.name} ({what})" if self.launchable else f"{self.name} ({what})"
 
 
@@ -52,15 +56,10 @@ class Fit:
     concurrency: int  # trials at once
     slots_now: int  # Train workers that fit on the live nodes
     slots_max: int  # ... once the autoscaler has started every node it may
-    trial_drivers: int
 
     @property
     def waits_for_autoscaler(self) -> bool:
         return self.slots_now < self.slots_max
-
-
-def _need(cpus: float, gpus: float) -> str:
-    return f"{cpus:g} CPU" + (f" + {gpus:g} GPU" if gpus else "")
 
 
 def fit(workers: int, cpus: float, gpus: float, nodes: list[NodeKind]) -> Fit:
@@ -78,15 +77,15 @@ def fit(workers: int, cpus: float, gpus: float, nodes: list[NodeKind]) -> Fit:
         raise BenchError(f"resources: a run needs {workers} Train worker(s) of {_need(cpus, gpus)} each and {where}; "
                          f"it would wait forever (ask for fewer CPUs / GPUs / workers: resources in a grid spec, "
                          f"--gpu / --workers for train; or add nodes)")
-    return Fit(min(k, drivers) if drivers else k, slots_now, slots_max, drivers)
+    return Fit(min(k, drivers) if drivers else k, slots_now, slots_max)
 
 
-def default_cpus(workers: int, gpus: float, nodes: list[NodeKind]) -> int:
-    """CPUs per Train worker when the run names none: the most that still lets ``workers`` of them fit
-    on the live nodes (one worker per node of a two-node cluster, all CPUs of a laptop)."""
+def default_cpus(workers: int, nodes: list[NodeKind]) -> int:
+    """CPUs per CPU-only Train worker when the run names none: the most that still lets ``workers`` of
+    them fit on the live nodes (one worker per node of a two-node cluster, all CPUs of a laptop)."""
     live = [n for n in nodes if not n.launchable]
     top = max(1, min(int(sum(n.cpus for n in live) // workers), int(max((n.cpus for n in live), default=1))))
-    return next((c for c in range(top, 0, -1) if sum(n.slots(c, gpus) for n in live) >= workers), 1)
+    return next((c for c in range(top, 0, -1) if sum(n.slots(c, 0) for n in live) >= workers), 1)
 
 
 def autoscaler_node_types(config: dict) -> list[NodeKind]:

@@ -75,8 +75,8 @@ def test_a_gpu_grid_on_the_launcher_cluster_waits_for_the_autoscaler_instead_of_
 
 def test_default_cpus_per_worker_fit_one_node_each():
     two_small = [NodeKind("head", 1, trial_drivers=4), NodeKind("n2", 1)]
-    assert default_cpus(1, 0, two_small) == 1  # not the cluster's 2: no node has 2
-    assert default_cpus(1, 0, [NodeKind("laptop", 2)]) == 2 and default_cpus(2, 0, [NodeKind("laptop", 2)]) == 1
-    assert default_cpus(2, 0, [NodeKind("a", 3), NodeKind("b", 1)]) == 1  # 2 + 2 fit nowhere, 1 + 1 do
-    assert default_cpus(2, 0, [NodeKind("a", 4), NodeKind("b", 1)]) == 2
-    assert default_cpus(1, 0, [NodeKind("head", 0, trial_drivers=16), NodeKind("gpu", 4, 1, launchable=True)]) == 1
+    assert default_cpus(1, two_small) == 1  # not the cluster's 2: no node has 2
+    assert default_cpus(1, [NodeKind("laptop", 2)]) == 2 and default_cpus(2, [NodeKind("laptop", 2)]) == 1
+    assert default_cpus(2, [NodeKind("a", 3), NodeKind("b", 1)]) == 1  # 2 + 2 fit nowhere, 1 + 1 do
+    assert default_cpus(2, [NodeKind("a", 4), NodeKind("b", 1)]) == 2
+    assert default_cpus(1, [NodeKind("head", 0, trial_drivers=16), NodeKind("gpu", 4, 1, launchable=True)]) == 1

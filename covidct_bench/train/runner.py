@@ -171,7 +171,7 @@ def worker_resources(cfg: TrainConfig, nodes=None) -> tuple[float, float]:
     gpus = cfg.gpus_per_worker or (1 if cfg.gpu else 0)
     if cfg.cpus_per_worker is not None:
         return cfg.cpus_per_worker, gpus
-    return (1 if gpus else default_cpus(cfg.workers, gpus, nodes if nodes is not None else cluster_nodes(False))), gpus
+    return (1 if gpus else default_cpus(cfg.workers, nodes if nodes is not None else cluster_nodes(False))), gpus
 
 
 def trainer_for(cfg: TrainConfig, loop: dict, storage: "str | os.PathLike | Location", callbacks: list | None = None,
