@@ -117,7 +117,9 @@ def load_grids(paths: list[str | Path], grid: str | None = None) -> list[GridRes
     named = {Location.of(p) for p in paths if (Location.of(p) / R.ROWS).is_dir()}
     empty = []
     for d in grid_dirs(paths, grid):
-        rows = R.read_results(d, required=ROW_COLUMNS)
+        rows, spec = R.read_results(d, required=ROW_COLUMNS), R.read_spec(d)
+        if len(rows) and spec.get("final_trials") is not None:  # the trials of the spec it last ran, not an earlier preset's
+            rows = rows[(rows["phase"] != "final") | rows["config_hash"].isin(spec["final_trials"])]
         final = R.finished(rows, "final") if len(rows) else rows
         if not len(final):
             if d in named:
@@ -127,7 +129,7 @@ def load_grids(paths: list[str | Path], grid: str | None = None) -> list[GridRes
         name = str(final["grid"].iloc[0])
         if name in out:
             raise BenchError(f"grid {name!r} found twice ({out[name].path} and {d}): pass one of them")
-        out[name] = GridResults(name, d, rows, R.read_spec(d))
+        out[name] = GridResults(name, d, rows, spec)
     if not out:
         raise BenchError(f"{', '.join(map(str, empty))}: no finished final trial yet (grid status shows what is missing)")
     return list(out.values())

@@ -208,10 +208,13 @@ def read_json(path: Where) -> dict | None:
 SPEC_FILE = "spec.yaml"
 
 
-def write_spec(grid_dir: Where, spec: dict, preset: str | None) -> None:
+def write_spec(grid_dir: Where, spec: dict, preset: str | None, final_trials: list[str] | None = None) -> None:
+    """The spec a grid runs with; ``final_trials``: the config hashes of its final trials, once known (the
+    report shows only those, so rows of an earlier preset or spec in the same folder are kept, not mixed in)."""
     import yaml
 
-    (Location.of(grid_dir) / SPEC_FILE).write_text(yaml.safe_dump({"preset": preset, **spec}, sort_keys=False))
+    extra = {"final_trials": sorted(final_trials)} if final_trials is not None else {}
+    (Location.of(grid_dir) / SPEC_FILE).write_text(yaml.safe_dump({"preset": preset, **spec, **extra}, sort_keys=False))
 
 
 def read_spec(grid_dir: Where) -> dict:

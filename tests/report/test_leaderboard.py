@@ -246,3 +246,21 @@ def test_cli_bad_input_exits_1_with_one_line_and_keeps_the_earlier_output(tmp_pa
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0], r.stderr
     assert out.read_text() == "an earlier report"
+
+
+def test_only_the_trials_of_the_spec_a_grid_last_ran_are_shown(tmp_path):
+    """A grid run again at another preset (other config hashes) keeps the earlier rows on disk, and the
+    leaderboard shows the trials of the spec it last ran, not both mixed into one row per cell."""
+    from covidct_bench.tune.spec import config_hash
+
+    results = tmp_path / "results"
+    make_grid_results(results, seeds=(0, 1))
+    grid = make_grid_results(results, seeds=(2, 3), seed=1)
+    assert all(r["n_seeds"] == 4 for r in build([results], n_boot=100).table.to_dict("records") if r["kind"] == "ours")
+    axes = {"backbone": ["resnet18", "densenet169"], "masks": ["none", "lung"]}
+    latest = [config_hash({"cell": {"backbone": b, "masks": m}, "grid": "toy"}, s)
+              for b in axes["backbone"] for m in axes["masks"] for s in (2, 3)]
+    R.write_spec(grid, {"name": "toy", "axes": axes, "seeds": [2, 3]}, "cpu", final_trials=latest)
+    ours = [r for r in build([results], n_boot=100).table.to_dict("records") if r["kind"] == "ours"]
+    assert len(ours) == 4 and all(r["n_seeds"] == 2 and r["seeds"] in ("2,3", [2, 3]) for r in ours), ours[0]
+    assert len(R.read_results(grid)) == 4 * 4 * 2  # nothing deleted: 4 cells x 4 seeds x (val, test)
