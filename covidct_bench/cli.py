@@ -41,8 +41,9 @@ class App(typer.Typer):
                     text = escape(f"{key or 'value'}: {msg}")
                     err_console.print(f"[bold red]error:[/] {text}", highlight=False, soft_wrap=True)
                     raise typer.Exit(1) from None
-                except KeyboardInterrupt:
-                    err_console.print("[yellow]interrupted[/]; nothing half-written was kept")
+                except KeyboardInterrupt as e:
+                    what = str(e) or "nothing half-written was kept"
+                    err_console.print(f"[yellow]interrupted:[/] {escape(what)}", highlight=False, soft_wrap=True)
                     raise typer.Exit(130) from None
 
             return register(run)
@@ -135,33 +136,6 @@ def data_synth(
     console.print(f"[green]synthetic[/]: {res.images} images {verb} in {res.path}")
 
 
-def _print_audit(a: dict) -> None:
-    t = Table(title=f"{a['dataset']}: {a['images']} images (positive class: {a['positive_class']})")
-    for col in ("split", "covid", "non_covid", "patients"):
-        t.add_column(col, justify="right" if col != "split" else "left")
-    for split, c in a["counts"].items():
-        t.add_row(split, str(c["covid"]), str(c["non_covid"]), str(a["patients"][split]))
-    console.print(t)
-    near = a["near_duplicates"]
-    checks = Table("check", "within splits", "across splits", "note", title="leakage and duplicates")
-    checks.add_row("patients in more than one split", "", str(a["patient_leakage"]), ", ".join(a["leaked_patients"][:5]))
-    checks.add_row("exact duplicates (sha256, pairs)", str(a["exact_duplicates_within_splits"]),
-                   str(a["exact_duplicates_across_splits"]), f"label conflicts: {a['exact_duplicates']['label_conflicts']}")
-    checks.add_row(f"near duplicates (pHash <= {near['threshold']} bits, pairs)", str(near["within_splits"]),
-                   str(near["across_splits"]), f"label conflicts: {near['label_conflicts']}")
-    console.print(checks)
-    for ex in near["examples_across_splits"][:10]:
-        console.print(f"  near-duplicate across splits: {ex['a']} ({ex['splits'][0]}, label {ex['labels'][0]}) ~ "
-                      f"{ex['b']} ({ex['splits'][1]}, label {ex['labels'][1]}), distance {ex['distance']}", highlight=False)
-    sizes = Table("class", "width min/median/max", "height min/median/max", title="image sizes")
-    for cls, s in a["sizes"].items():
-        sizes.add_row(cls, "{min}/{median:g}/{max}".format(**s["width"]), "{min}/{median:g}/{max}".format(**s["height"]))
-    console.print(sizes)
-    console.print(f"formats: {a['formats']}  extension/content mismatches: {a['extension_mismatch']}")
-    console.print(f"image modes by class: {a['modes_by_class']}")
-    console.print(f"available: {a['available']}")
-
-
 @data_app.command("audit")
 def data_audit(
     name: str = typer.Argument(..., help="Dataset name, or a folder holding manifest.parquet."),
@@ -177,7 +151,10 @@ def data_audit(
     if as_json:
         typer.echo(json.dumps(result))
     else:
-        _print_audit(result)
+        from covidct_bench.data.audit import audit_tables
+
+        for part in audit_tables(result):
+            console.print(part, highlight=False)
 
 
 @data_app.command("cache")
@@ -436,27 +413,13 @@ def grid_run(
 
     out = run_grid(spec, preset=preset, results=results, resume=resume, force=force, max_concurrent=max_concurrent,
                    address=address, console=console)
-    table = grid_status_table(spec, preset, results)
-    console.print(table)
+    from covidct_bench.tune.grid import status_table
+
+    console.print(status_table(spec, preset, results))
     if out.failed:
         raise BenchError(f"{len(out.failed)} trial(s) failed, first: {out.failed[0]} (rows kept in {out.grid_dir}/rows; "
                          "rerun the same command to retry them)")
     console.print(f"[green]grid done[/]: {out.ran} trial(s) ran, {out.skipped} already finished; results in {out.grid_dir}")
-
-
-def grid_status_table(spec: Path, preset: Optional[str], results: str) -> Table:
-    from covidct_bench.tune.grid import grid_status
-
-    from covidct_bench.tune.spec import load_spec
-
-    df = grid_status(spec, preset, results)
-    counts = df.groupby(["phase", "status"], sort=False).size()
-    table = Table(title=f"grid {load_spec(spec, preset).name}: trials by phase and status", show_edge=False)
-    for col in ("phase", "status", "trials"):
-        table.add_column(col)
-    for (phase, status), n in counts.items():
-        table.add_row(phase, status, str(n))
-    return table
 
 
 @grid_app.command("status")
@@ -467,9 +430,9 @@ def grid_status_cmd(
     show_all: bool = typer.Option(False, "--all", help="One line per trial."),
 ) -> None:
     """Cells done / running / failed / interrupted / pending, from the results dataset."""
-    from covidct_bench.tune.grid import grid_status
+    from covidct_bench.tune.grid import grid_status, status_table
 
-    console.print(grid_status_table(spec, preset, results))
+    console.print(status_table(spec, preset, results))
     if show_all:
         df = grid_status(spec, preset, results)
         table = Table(show_edge=False)
@@ -609,6 +572,25 @@ def cluster_local_down(folder: Path = LocalDirOpt) -> None:
 
     LocalCluster.load(folder).down()
     console.print("local cluster stopped")
+
+
+@app.command("demo")
+def demo(
+    out: Path = typer.Option(Path("demo"), "--out", help="Folder for everything the demo writes (a rerun reuses it)."),
+    preset: str = typer.Option("tiny", "--preset", help="tiny (30 PDFs, 32 px, 2 epochs: minutes on a laptop CPU) or "
+                               "small (80 PDFs, 96 px, 6 epochs)."),
+    dataset: str = typer.Option("synthetic", "--dataset", help="synthetic (PDFs -> ingest -> grid) or covid-ct (the real "
+                                "dataset's official split; skips ingestion)."),
+    source: Optional[str] = typer.Option(None, "--source", help="With --dataset covid-ct: a folder in the upstream layout or "
+                                         "a file:// URL [default: the upstream repository]."),
+    root: Optional[Path] = RootOpt,
+) -> None:
+    """The whole product in minutes: synthetic paper PDFs -> Ray Data ingest -> manifest, audit, lung masks ->
+    a Ray Tune grid of Ray Train jobs -> leaderboard and HTML report. Ctrl-C stops; the same command continues."""
+    from covidct_bench.demo import DemoConfig, run_demo
+
+    cfg = DemoConfig(out=out, preset=preset, dataset=dataset, source=source, root=root)
+    run_demo(cfg, console, _progress)
 
 
 FORMATS = ("table", "md", "html", "csv", "json")

@@ -9,6 +9,11 @@ class BenchError(Exception):
         super().__init__(" ".join(str(message).split()))
 
 
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C (SIGINT) stopped a long command; the message says what was kept and how to continue.
+    The CLI prints ``interrupted: <message>`` and exits 130."""
+
+
 def reason(e: BaseException) -> str:
     """The first line of an exception's message (its type name when it has none), for one-line errors."""
     text = str(e).strip()

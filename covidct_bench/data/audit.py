@@ -137,3 +137,33 @@ def audit_manifest(df: pd.DataFrame, near_threshold: int = NEAR_THRESHOLD) -> di
                                       if f in EXTENSIONS and Path(p).suffix.lower() not in EXTENSIONS[f])),
         "available": optional,
     }
+
+
+def audit_tables(a: dict, brief: bool = False) -> list:
+    """The audit as rich renderables (tables and lines), for the terminal; ``brief``: counts and checks only."""
+    from rich.table import Table
+
+    title = f"{a['dataset']}: {a['images']} images (positive class: {a['positive_class']})"
+    t = Table(title=title, min_width=len(title))
+    for col in ("split", "covid", "non_covid", "patients"):
+        t.add_column(col, justify="right" if col != "split" else "left")
+    for split, c in a["counts"].items():
+        t.add_row(split, str(c["covid"]), str(c["non_covid"]), str(a["patients"][split]))
+    near = a["near_duplicates"]
+    checks = Table("check", "within splits", "across splits", "note", title="leakage and duplicates")
+    checks.add_row("patients in more than one split", "", str(a["patient_leakage"]), ", ".join(a["leaked_patients"][:5]))
+    checks.add_row("exact duplicates (sha256, pairs)", str(a["exact_duplicates_within_splits"]),
+                   str(a["exact_duplicates_across_splits"]), f"label conflicts: {a['exact_duplicates']['label_conflicts']}")
+    checks.add_row(f"near duplicates (pHash <= {near['threshold']} bits, pairs)", str(near["within_splits"]),
+                   str(near["across_splits"]), f"label conflicts: {near['label_conflicts']}")
+    out: list = [t, checks]
+    out += [f"  near-duplicate across splits: {ex['a']} ({ex['splits'][0]}, label {ex['labels'][0]}) ~ "
+            f"{ex['b']} ({ex['splits'][1]}, label {ex['labels'][1]}), distance {ex['distance']}"
+            for ex in near["examples_across_splits"][:3 if brief else 10]]
+    if brief:
+        return out
+    sizes = Table("class", "width min/median/max", "height min/median/max", title="image sizes")
+    for cls, s in a["sizes"].items():
+        sizes.add_row(cls, "{min}/{median:g}/{max}".format(**s["width"]), "{min}/{median:g}/{max}".format(**s["height"]))
+    return out + [sizes, f"formats: {a['formats']}  extension/content mismatches: {a['extension_mismatch']}",
+                  f"image modes by class: {a['modes_by_class']}", f"available: {a['available']}"]

@@ -41,7 +41,7 @@ import pandas as pd
 import yaml
 
 from covidct_bench.data.manifest import load_manifest
-from covidct_bench.errors import BenchError, root_reason
+from covidct_bench.errors import BenchError, Interrupted, root_reason
 from covidct_bench.storage import Location, check_job_results
 from covidct_bench.tune import results as R
 from covidct_bench.train.config import TrainConfig
@@ -50,6 +50,7 @@ from covidct_bench.tune.spec import GRID_ONLY, GridSpec, cell_id, config_hash, l
 
 PRETRAIN_DIR = "_pretrain"
 TRIAL_RESOURCE = "trial_driver"
+TRIAL_DONE = "trial_done"  # in a trial's last report once its result is stored: a trial without it was stopped
 
 
 @dataclass
@@ -253,7 +254,7 @@ def grid_trial(config: dict, jobs: dict[str, dict]) -> None:
     if trial.phase != "pretrain" and rows_path.is_file():  # finished earlier (e.g. by a run that was killed later)
         done = rows_path.read_parquet()
         val = done[done["split"] == "val"]
-        tune.report({metric_key: float(val[trial.metric].iloc[0]) if len(val) else float("nan"), "skipped": 1})
+        tune.report({metric_key: float(val[trial.metric].iloc[0]) if len(val) else float("nan"), "skipped": 1, TRIAL_DONE: 1})
         return
     marker = grid_dir / "running" / f"{trial.config_hash}.json"
     R.write_json(marker, {"pid": os.getpid(), "host": socket.gethostname(), "started": R.now(), "cell": trial.cell_id,
@@ -274,7 +275,7 @@ def grid_trial(config: dict, jobs: dict[str, dict]) -> None:
                 threshold = float(val["threshold"].iloc[0]) if len(val) and "threshold" in val else 0.5
                 extra_rows, extra_preds = _score_extra(trial, cfg, stage, threshold) if trial.phase == "final" else ([], [])
         if trial.phase == "pretrain":
-            tune.report({"done": 1})
+            tune.report({"done": 1, TRIAL_DONE: 1})
             return
         rows, preds = _result_rows(trial, run, extra_rows)
         for r in rows:
@@ -283,7 +284,7 @@ def grid_trial(config: dict, jobs: dict[str, dict]) -> None:
             R.write_predictions(grid_dir, trial.config_hash, pd.concat([preds, *extra_preds], ignore_index=True))
         R.write_rows(rows_path, rows)  # last: the commit point of a trial
         vrow = next((r for r in rows if r["split"] == "val"), {})
-        tune.report({metric_key: vrow.get(trial.metric, float("nan")), "done": 1})
+        tune.report({metric_key: vrow.get(trial.metric, float("nan")), "done": 1, TRIAL_DONE: 1})
     except Exception as e:
         R.write_failure(grid_dir, _base_row(trial), root_reason(e))
         raise
@@ -470,6 +471,12 @@ def _run_tuner(trials: dict[str, Trial], phase: str, spec: GridSpec, grid_dir: L
         grid = tuner.fit()
         progress.live = None
     console.print()
+    # Ctrl-C: Tune catches SIGINT, stops its trials and returns as if done; a trial that neither failed nor
+    # stored its result was stopped (or never started)
+    stopped = [r for r in grid if r.error is None and not (r.metrics or {}).get(TRIAL_DONE)]
+    if stopped or (search is not None and len(grid) < search["remaining"] and not any(r.error for r in grid)):
+        raise Interrupted(f"grid {spec.name}: {phase} trials stopped; finished trials are kept in {grid_dir}, and the same "
+                          "command with --resume continues the others from their last checkpoints")
     return [f"{r.config.get('key', '')}: {root_reason(r.error)}" for r in grid if r.error is not None]
 
 
@@ -552,11 +559,13 @@ def run_grid(spec_path: str | os.PathLike, preset: str | None = None, results: "
     with driver_lock(grid_dir):
         (grid_dir / "running").rmtree()  # markers of a driver that died
         env = {"git_sha": R.git_sha()}
-        R.write_spec(grid_dir, spec.model_dump(mode="json"), preset)  # read by the report (axes, reference table)
         with Bars(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console, transient=True) as bars:
             data = DataPlan(spec, bars)
             cells, pretrains = plan(spec, preset, results, data, env)  # bad data fails here, before Ray starts
+            # read by the report (axes, reference table, which trials are this spec's; a searched grid's are known later)
+            R.write_spec(grid_dir, spec.model_dump(mode="json"), preset,
+                         None if spec.search.trials else list(final_trials(spec, cells, {i: {} for i in cells})))
             connected = _init_ray(address, max_concurrent)
             fitted, nodes = cluster_fit(spec, connected)
             concurrency = min(max_concurrent or 10**6, fitted.concurrency)
@@ -605,6 +614,8 @@ def run_grid(spec_path: str | os.PathLike, preset: str | None = None, results: "
 
         # 3. the chosen configuration of every cell, per seed, on test
         finals = final_trials(spec, cells, params)
+        if spec.search.trials and all(p is not None for p in params.values()):
+            R.write_spec(grid_dir, spec.model_dump(mode="json"), preset, list(finals))
         finished = set(R.finished(R.read_results(grid_dir), "final")["config_hash"])
         todo = {h: t for h, t in finals.items() if force or h not in finished}
         outcome.skipped = len(finals) - len(todo)
@@ -709,3 +720,17 @@ def grid_status(spec_path: str | os.PathLike, preset: str | None = None,
     for h, t in final_trials(spec, cells, params).items():
         rows.append({"phase": "final", "cell": t.cell_id, "seed": t.seed, "config_hash": h, "status": state(h, h in fin)})
     return pd.DataFrame(rows)
+
+
+def status_table(spec_path: str | os.PathLike, preset: str | None = None, results: "str | os.PathLike | Location" = "results"):
+    """``grid_status`` as a rich table: trials by phase and status."""
+    from rich.table import Table
+
+    df = grid_status(spec_path, preset, results)
+    counts = df.groupby(["phase", "status"], sort=False).size()
+    table = Table(title=f"grid {load_spec(spec_path, preset).name}: trials by phase and status", show_edge=False)
+    for col in ("phase", "status", "trials"):
+        table.add_column(col)
+    for (phase, status), n in counts.items():
+        table.add_row(phase, status, str(n))
+    return table
