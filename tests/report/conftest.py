@@ -3,7 +3,9 @@ per cell, so the report can be tested without training (the grid tests cover the
 
 from __future__ import annotations
 
+import contextlib
 import itertools
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -82,3 +84,32 @@ def toy_results(tmp_path) -> Path:
     make_grid_results(root, separation={"backbone=resnet18,masks=none": 0.8, "backbone=resnet18,masks=lung": 1.6,
                                         "backbone=densenet169,masks=none": 1.2, "backbone=densenet169,masks=lung": 2.4})
     return root
+
+
+CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync")
+
+
+def chromium() -> tuple[str, str] | None:
+    browser = next((b for b in (shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome")) if b), None)
+    driver = shutil.which("chromedriver")
+    return (browser, driver) if browser and driver else None
+
+
+@contextlib.contextmanager
+def headless_chromium():
+    """A selenium driver on a real headless Chromium (``chromium()`` must not be None)."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    browser, driver_path = chromium()
+    options = webdriver.ChromeOptions()
+    options.binary_location = browser
+    for flag in CHROMIUM_FLAGS:
+        options.add_argument(flag)
+    options.add_argument("--window-size=1400,1800")
+    driver = webdriver.Chrome(service=Service(driver_path), options=options)
+    try:
+        yield driver
+    finally:
+        driver.quit()

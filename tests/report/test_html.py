@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
 import sys
 
@@ -13,17 +12,7 @@ from PIL import Image
 
 from covidct_bench.report import html
 from covidct_bench.report.leaderboard import build
-from tests.report.conftest import make_grid_results
-
-CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync")
-
-
-def chromium() -> tuple[str, str] | None:
-    browser = next((b for b in (shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome")) if b), None)
-    driver = shutil.which("chromedriver")
-    return (browser, driver) if browser and driver else None
-
+from tests.report.conftest import chromium, headless_chromium, make_grid_results
 
 @pytest.fixture(scope="module")
 def report(tmp_path_factory):
@@ -53,18 +42,9 @@ def test_report_is_self_contained(report):
 
 @pytest.mark.skipif(chromium() is None, reason="chromium / chromedriver not installed (.ci/run installs them)")
 def test_report_renders_and_sorts_in_headless_chromium(report, tmp_path):
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
 
-    browser, driver_path = chromium()
-    options = webdriver.ChromeOptions()
-    options.binary_location = browser
-    for flag in CHROMIUM_FLAGS:
-        options.add_argument(flag)
-    options.add_argument("--window-size=1400,1800")
-    driver = webdriver.Chrome(service=Service(driver_path), options=options)
-    try:
+    with headless_chromium() as driver:
         driver.get(report.as_uri())
         rows = driver.find_elements(By.CSS_SELECTOR, "#leaderboard tbody tr")
         assert len(rows) == 7  # 4 configurations + 3 reported rows
@@ -93,8 +73,6 @@ def test_report_renders_and_sorts_in_headless_chromium(report, tmp_path):
         headers[seeds_col].click()  # reported rows have no seeds: they sort last
         last = driver.find_elements(By.CSS_SELECTOR, "#leaderboard tbody tr")[-1]
         assert "reported" in last.get_attribute("class")
-    finally:
-        driver.quit()
 
 
 def test_html_write_keeps_the_old_report_when_rendering_fails(tmp_path):
