@@ -582,7 +582,7 @@ def demo(
     dataset: str = typer.Option("synthetic", "--dataset", help="synthetic (PDFs -> ingest -> grid) or covid-ct (the real "
                                 "dataset's official split; skips ingestion)."),
     source: Optional[str] = typer.Option(None, "--source", help="With --dataset covid-ct: a folder in the upstream layout or "
-                                         "a file:// URL [default: the upstream repository]."),
+                                         "a file:// URL (default: the upstream repository)."),
     root: Optional[Path] = RootOpt,
 ) -> None:
     """The whole product in minutes: synthetic paper PDFs -> Ray Data ingest -> manifest, audit, lung masks ->

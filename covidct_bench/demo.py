@@ -76,8 +76,9 @@ class Demo:
     """The demo's steps over one output folder; ``console`` is a rich Console."""
 
     def __init__(self, cfg: DemoConfig, console, progress_factory):
-        if cfg.source is not None and cfg.dataset != "covid-ct":
-            raise BenchError("--source: only with --dataset covid-ct (the synthetic demo generates its data)")
+        if cfg.dataset != "covid-ct" and (cfg.source is not None or cfg.root is not None):
+            raise BenchError(f"{'--source' if cfg.source is not None else '--root'}: only with --dataset covid-ct "
+                             "(the synthetic demo generates its data under --out)")
         self.cfg, self.console, self.progress = cfg, console, progress_factory
         self.out = cfg.out.resolve()
         self.steps: dict[str, dict[str, Any]] = {}
@@ -177,7 +178,7 @@ class Demo:
         from covidct_bench.data import get_dataset
 
         where = self.cfg.source or "the upstream repository"
-        t0 = self._step(1, "dataset", f"COVID-CT from {where}, verified (a verified copy is reused)")
+        t0 = self._step(1, "fetch", f"COVID-CT from {where}, verified (a verified copy is reused)")
         with self.progress() as progress:
             res = get_dataset("covid-ct").fetch(root=self.cfg.root, source=self.cfg.source, progress=progress)
         self.console.print(f"covid-ct: {res.images} images in {self._rel(res.path)} (official patient-level split)",
@@ -221,8 +222,10 @@ class Demo:
             raise BenchError(f"{SPEC}: cannot read the demo's grid spec ({e})") from None
         spec["name"] = self.cfg.grid_name
         spec["fixed"] = {**spec.get("fixed", {}), "dataset": dataset}
-        if self.cfg.dataset == "covid-ct" and self.cfg.root is not None:
-            spec["fixed"]["root"] = str(self.cfg.root.resolve())
+        if self.cfg.dataset == "covid-ct":  # absolute, so `grid run <out>/grid.yaml` works from any folder
+            from covidct_bench.data.manifest import default_root
+
+            spec["fixed"]["root"] = str(Path(self.cfg.root or default_root()).resolve())
         text = f"# written by covidct-bench demo from {SPEC.name}; run it again with grid run\n" + yaml.safe_dump(spec, sort_keys=False)
         path = self.out / "grid.yaml"
         if not path.is_file() or path.read_text() != text:

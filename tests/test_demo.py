@@ -168,6 +168,7 @@ def test_demo_tiny_interrupted_then_rerun_finishes_with_consistent_outputs(tmp_p
 
 def test_demo_bad_options_are_one_line(tmp_path):
     for args, needle in ((["--source", str(tmp_path)], "--source: only with --dataset covid-ct"),
+                         (["--root", str(tmp_path)], "--root: only with --dataset covid-ct"),
                          (["--preset", "huge"], "preset"), (["--dataset", "mnist"], "dataset")):
         p = subprocess.run([*CLI, "demo", "--out", str(tmp_path / "d"), *args], capture_output=True, text=True, timeout=120)
         assert p.returncode == 1 and p.stderr.startswith("error:") and needle in p.stderr, p.stderr

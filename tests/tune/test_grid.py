@@ -86,6 +86,12 @@ def test_grid_variants_cssl_extra_test_and_skip_finished(tmp_path, grid_root):
     cfg = yaml.safe_load((grid / row["run_dir"] / "config.yaml").read_text())
     pre = Path(cfg["init"].removeprefix("cssl:"))
     assert pre.parent == (results / "_pretrain").resolve() and (pre / "backbone.pt").is_file()
+    # the MoCo run itself: kNN and linear-probe accuracy of the frozen encoder, its weights for fine-tuning
+    m = pd.read_parquet(pre / "metrics.parquet").set_index("split")
+    assert 0 <= m.loc["test", "knn_acc"] <= 1 and 0 <= m.loc["test", "linear_acc"] <= 1 and "instance_acc" in m.columns
+    import torch
+
+    assert torch.load(pre / "backbone.pt", weights_only=True)["meta"] == {"backbone": "resnet18", "in_chans": 3}
     # predictions: one row per val / test / extra image per trial
     preds = pd.read_parquet(grid / "predictions" / f"{row['config_hash']}.parquet")
     assert preds.groupby("split").size().to_dict() == df[df["config_hash"] == row["config_hash"]].set_index("split")["n_images"].to_dict()
